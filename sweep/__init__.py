@@ -1,0 +1,1 @@
+"""sweep: Hydra-configured hyperparameter sweeps for PyTorch image classifiers."""

@@ -1,0 +1,47 @@
+"""The model: a multi-layer perceptron over flattened images."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
+
+
+class MLP(nn.Sequential):
+    def __init__(self, in_features: int, hidden_sizes: list[int], num_classes: int,
+                 activation: str = "relu", norm: str = "none", dropout: float = 0.0):
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for h in hidden_sizes:
+            layers.append(nn.Linear(width, h, bias=norm != "batch"))  # batch norm's shift makes the bias redundant
+            if norm == "batch":
+                layers.append(nn.BatchNorm1d(h))
+            elif norm == "layer":
+                layers.append(nn.LayerNorm(h))
+            layers.append(ACTIVATIONS[activation]())
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = h
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+
+
+def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> MLP:
+    in_features = 1
+    for d in input_shape:
+        in_features *= d
+    return MLP(in_features, list(cfg.hidden_sizes), num_classes, cfg.activation, cfg.norm, cfg.dropout)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_optimizer(cfg, params) -> torch.optim.Optimizer:
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
+    betas = (cfg.momentum, 0.999)  # `momentum` is Adam's beta1
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=betas, weight_decay=cfg.weight_decay)
