@@ -44,25 +44,31 @@ def redact(url: str) -> str:
 
 
 def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                 retries: int = 0) -> optuna.storages.BaseStorage:
-    """Optuna storage for an RDB URL (sqlite:///..., postgresql://...) or journal:///path/to/file.log."""
+                 retries: int = 0, read_only: bool = False) -> optuna.storages.BaseStorage:
+    """Optuna storage for an RDB URL (sqlite:///..., postgresql://...) or journal:///path/to/file.log.
+
+    read_only: never create tables or folders (the report must not modify what it reads).
+    """
     callback = RetryHeartbeatStaleTrialCallback(max_retry=retries) if retries else None
     if url.startswith("journal:"):
         path = url[len("journal:"):]
         path = path[2:] if path.startswith("//") else path  # journal:///abs -> /abs, journal://rel -> rel
+        if read_only and not Path(path).exists():
+            raise SystemExit(f"error: storage {url} does not exist")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(path))  # journal heartbeats are not supported by Optuna
     engine_kwargs = None
-    if url.startswith("sqlite:///"):
+    if url.startswith("sqlite:///") and not read_only:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for the other process's write, don't fail
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, heartbeat_stale_trial_callback=callback)
+                                              grace_period=grace_period, heartbeat_stale_trial_callback=callback,
+                                              skip_table_creation=read_only)
     except Exception as e:
         raise SystemExit(f"error: hydra.sweeper.storage={redact(url)!r} cannot be opened: {_first_line(e)}") from None
 
@@ -102,7 +108,7 @@ class TrialReporter:
         return self.trial.should_prune()
 
     def finish(self, metrics: dict) -> None:
-        for key in ("best_epoch", "epochs_run", "train_seconds", "params", "device", "status"):
+        for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "status"):
             self.trial.set_user_attr(key, metrics[key])
         if metrics["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")

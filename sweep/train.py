@@ -104,11 +104,11 @@ def train(cfg: DictConfig, out_dir: Path, on_epoch: Callable[[int, float], bool]
 
     metrics = {
         METRIC: 0.0, "final_val_accuracy": 0.0, "best_epoch": 0, "epochs_run": 0, "epochs": cfg.trainer.epochs,
-        "train_seconds": 0.0, "params": count_parameters(model), "device": str(device), "status": "running",
+        "train_seconds": 0.0, "param_count": count_parameters(model), "device": str(device), "status": "running",
     }
     history: list[dict] = []
     log.info("training %s on %s: %d train / %d val images, %d parameters",
-             list(cfg.model.hidden_sizes), device, len(data.train.y), len(data.val.y), metrics["params"])
+             list(cfg.model.hidden_sizes), device, len(data.train.y), len(data.val.y), metrics["param_count"])
     bar = tqdm(range(1, cfg.trainer.epochs + 1), desc="epochs", unit="epoch", disable=None)
     with logging_redirect_tqdm():
         for epoch in bar:
