@@ -1,0 +1,116 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import assert_one_line_error, train_cli, write_cifar10, write_imagefolder
+from sweep.train import METRIC, lr_factor, train
+
+
+def _run_dir(cwd: Path) -> Path:
+    (metrics,) = cwd.glob("outputs/*/*/metrics.json")
+    return metrics.parent
+
+
+def test_cli_trains_digits_and_writes_results(tmp_path):
+    result = train_cli("data=digits", "model.hidden_sizes=[256,128]", "trainer.epochs=20", "trainer.seed=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    run = _run_dir(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics[METRIC] > 0.8
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 20 and 1 <= metrics["best_epoch"] <= 20
+    assert metrics["param_count"] == 64 * 256 + 256 + 256 * 128 + 128 + 128 * 10 + 10
+    assert metrics["device"] == "cpu" and metrics["train_seconds"] > 0
+    with open(run / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 21))
+    assert max(float(r["val_accuracy"]) for r in rows) == pytest.approx(metrics[METRIC])
+    assert "epoch 20/20" in (run / "train.log").read_text()
+
+
+def test_same_seed_same_accuracy_on_cpu(make_cfg, tmp_path):
+    cfg = make_cfg("data=digits", "trainer.epochs=3", "model.norm=batch", "model.dropout=0.2", "data.flip=true",
+                   "data.crop_padding=1", "trainer.schedule=onecycle", "trainer.device=cpu")
+    a = train(cfg, tmp_path / "a")
+    b = train(cfg, tmp_path / "b")
+    c = train(make_cfg("data=digits", "trainer.epochs=3", "trainer.seed=7"), tmp_path / "c")
+    assert a[METRIC] == b[METRIC]
+    assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:5] == \
+           (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:5]
+    assert c[METRIC] != a[METRIC] or c["final_val_accuracy"] != a["final_val_accuracy"]
+
+
+def test_on_epoch_can_stop_a_run_as_pruned(make_cfg, tmp_path):
+    seen = []
+    metrics = train(make_cfg("data=digits", "trainer.epochs=5"), tmp_path, lambda e, acc: seen.append((e, acc)) or e == 2)
+    assert [e for e, _ in seen] == [1, 2]
+    assert metrics["status"] == "pruned" and metrics["epochs_run"] == 2
+
+
+def test_checkpoint_holds_weights_and_config_only(make_cfg, tmp_path):
+    metrics = train(make_cfg("data=digits", "trainer.epochs=2", "trainer.save_checkpoint=true"), tmp_path)
+    ckpt = torch.load(tmp_path / "best.pt", weights_only=True)  # refuses anything that runs code
+    assert ckpt["epoch"] == metrics["best_epoch"] and ckpt["config"]["data"]["name"] == "digits"
+    assert ckpt["input_shape"] == [1, 8, 8] and "0.weight" not in ckpt["model"] and "1.weight" in ckpt["model"]
+
+
+def test_lr_schedules():
+    assert lr_factor("none", 50, 100) == 1.0
+    assert lr_factor("cosine", 0, 100) == 1.0 and lr_factor("cosine", 100, 100) == pytest.approx(0.0)
+    assert lr_factor("onecycle", 0, 100) == pytest.approx(0.04) and lr_factor("onecycle", 30, 100) == pytest.approx(1.0)
+    assert lr_factor("onecycle", 100, 100) == pytest.approx(0.0)
+
+
+def test_divergence_stops_the_run_with_status_diverged(tmp_path):
+    result = train_cli("data=digits", "optimizer.lr=1e12", "trainer.epochs=5", cwd=tmp_path)
+    assert_one_line_error(result, "diverged")
+    metrics = json.loads((_run_dir(tmp_path) / "metrics.json").read_text())
+    assert metrics["status"] == "diverged" and metrics["epochs_run"] < 5
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["model.hidden_sizes=[]"], ["model.hidden_sizes", "positive integers"]),
+    (["model.hidden_sizes=[64,-1]"], ["model.hidden_sizes"]),
+    (["optimizer.lr=0"], ["optimizer.lr", "> 0"]),
+    (["data.batch_size=-4"], ["data.batch_size", "> 0"]),
+    (["data.val_size=1438"], ["data.val_size", "has 1438"]),
+    (["trainer.device=tpu"], ["trainer.device", "cpu"]),
+])
+def test_bad_input_on_the_command_line(tmp_path, args, fragments):
+    assert_one_line_error(train_cli("data=digits", "trainer.epochs=1", *args, cwd=tmp_path), *fragments)
+
+
+def test_cuda_without_a_gpu_is_refused(tmp_path):
+    result = train_cli("data=digits", "trainer.device=cuda", cwd=tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    assert_one_line_error(result, "trainer.device", "no CUDA GPU")
+
+
+def test_imagefolder_problems_on_the_command_line(tmp_path):
+    assert_one_line_error(train_cli("data=imagefolder", f"data.root={tmp_path / 'nope'}", cwd=tmp_path), "data.root", "nope")
+    root = write_imagefolder(tmp_path / "imgs")
+    (root / "train" / "cat" / "003.png").write_bytes(b"\x89PNG broken")
+    assert_one_line_error(train_cli("data=imagefolder", f"data.root={root}", cwd=tmp_path), "cat/003.png")
+
+
+def test_imagefolder_trains(tmp_path):
+    root = write_imagefolder(tmp_path / "imgs", per_class=20)
+    result = train_cli("data=imagefolder", f"data.root={root}", "data.val_size=15", "trainer.epochs=15",
+                       "optimizer=adamw", "optimizer.lr=3e-3", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())[METRIC] > 0.6
+
+
+def test_cifar10_unreachable_says_how_to_work_offline(tmp_path):
+    # A proxy on a closed loopback port makes the download fail at once, online or not.
+    env = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "no_proxy": ""}
+    result = train_cli(f"data.root={tmp_path / 'c10'}", cwd=tmp_path, env=env)
+    assert_one_line_error(result, "data.root", "data=digits")
+
+
+def test_cifar10_trains_from_batch_files(tmp_path):
+    write_cifar10(tmp_path / "c10", per_batch=10)
+    result = train_cli(f"data.root={tmp_path / 'c10'}", "data.val_size=10", "trainer.epochs=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["epochs_run"] == 1
