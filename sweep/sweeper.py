@@ -117,6 +117,14 @@ class TrialReporter:
         self.trial.set_user_attr("fail_reason", str(error)[:500])
 
 
+def _tell(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
+    try:
+        study.tell(trial, skip_if_finished=True, **kw)
+    except RuntimeError as e:  # GridSampler calls study.stop() once the grid is exhausted; the tell itself went through
+        if "Study.stop" not in str(e):
+            raise
+
+
 class SearchSpaceError(Exception):
     pass
 
@@ -296,9 +304,10 @@ class OptunaSweeper(OptunaSweeperImpl):
                 for future in done:
                     trial = inflight.pop(future)
                     try:
-                        self._tell(study, trial, future.result())
+                        ret = future.result()
                     except Exception as e:  # the worker process died
-                        self._tell(study, trial, e)
+                        ret = e
+                    self._tell(study, trial, ret)
             else:  # a batch launcher (basic, joblib, submitit): waits for the whole batch
                 if not batch:
                     break
@@ -318,19 +327,19 @@ class OptunaSweeper(OptunaSweeperImpl):
             except (TypeError, ValueError):
                 value = math.nan
             if math.isfinite(value):
-                study.tell(trial, value, skip_if_finished=True)
+                _tell(study, trial, values=value)
                 log.info("Trial %d: %.4f", trial.number, value)
                 return
             error = ValueError(f"the task returned {ret.return_value!r}, not a finite number")
         if error is None:
             error = ret._return_value  # the exception the task raised
         if isinstance(error, optuna.TrialPruned):
-            study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            _tell(study, trial, state=TrialState.PRUNED)
             log.info("Trial %d: pruned (%s)", trial.number, error)
             return
         reason = _first_line(error)
         trial.set_user_attr("fail_reason", reason[:500])
-        study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        _tell(study, trial, state=TrialState.FAIL)
         self.failures.append(reason)
         log.warning("Trial %d failed: %s", trial.number, reason)
 

@@ -10,6 +10,7 @@ import csv
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -104,7 +105,8 @@ def train(cfg: DictConfig, out_dir: Path, on_epoch: Callable[[int, float], bool]
 
     metrics = {
         METRIC: 0.0, "final_val_accuracy": 0.0, "best_epoch": 0, "epochs_run": 0, "epochs": cfg.trainer.epochs,
-        "train_seconds": 0.0, "param_count": count_parameters(model), "device": str(device), "status": "running",
+        "train_seconds": 0.0, "param_count": count_parameters(model), "device": str(device),
+        "threads": torch.get_num_threads(), "status": "running",
     }
     history: list[dict] = []
     log.info("training %s on %s: %d train / %d val images, %d parameters",
@@ -188,5 +190,17 @@ def main(cfg: DictConfig) -> float:
     return metrics[METRIC]
 
 
-if __name__ == "__main__":
+def search_space_argv(argv: list[str]) -> list[str]:
+    """Hydra refuses sweep syntax on hydra.* keys, so `hydra.sweeper.params.KEY=SPACE` becomes the
+    equivalent sweep override `KEY=SPACE`, which replaces KEY's entry in the search space."""
+    prefix = "hydra.sweeper.params."
+    return [a[len(prefix):] if a.startswith(prefix) else a for a in argv]
+
+
+def cli() -> None:
+    sys.argv = search_space_argv(sys.argv)
     main()
+
+
+if __name__ == "__main__":
+    cli()

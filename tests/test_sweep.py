@@ -1,0 +1,132 @@
+"""End-to-end sweeps on digits, through the command line a user types."""
+
+import json
+import os
+import re
+from pathlib import Path
+
+import optuna
+import pandas as pd
+from optuna.trial import TrialState
+
+from conftest import train_cli
+
+FAST = ["data=digits", "search=digits", "trainer.epochs=3", "hydra/sweeper/pruner=none"]
+
+
+def sweep(cwd: Path, *args: str, **kw):
+    return train_cli("--multirun", *args, cwd=cwd, **kw)
+
+
+def load(cwd: Path, name: str = "digits") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{cwd / 'multirun' / 'studies' / (name + '.db')}")
+
+
+def sweep_dirs(cwd: Path) -> list[Path]:
+    return sorted(p.parent for p in cwd.glob("multirun/*/*/study.json"))
+
+
+def test_sweep_records_every_trial_and_reports_it(tmp_path):
+    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=4")
+    assert result.returncode == 0, result.stderr
+    study = load(tmp_path)
+    assert len(study.trials) == 4 and all(t.state == TrialState.COMPLETE for t in study.trials)
+    for t in study.trials:
+        assert len(t.intermediate_values) == 3  # every epoch was reported to Optuna
+        assert 0 < t.value <= 1 and t.value == max(t.intermediate_values.values())
+        run = Path(t.user_attrs["run_dir"])
+        assert json.loads((run / "metrics.json").read_text())["val_accuracy"] == t.value
+    (out,) = sweep_dirs(tmp_path)
+    assert "best_value" in (out / "optimization_results.yaml").read_text()
+    assert len(pd.read_csv(out / "report.csv")) == 4
+    assert re.search(r"4 trial\(s\): 4 complete, 0 pruned, 0 failed", result.stderr + result.stdout)
+
+
+def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path):
+    result = sweep(tmp_path, "data=digits", "search=digits", "trainer.epochs=6", "hydra.sweeper.n_trials=8",
+                   "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                   "hydra.sweeper.pruner.n_warmup_steps=0", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0")
+    assert result.returncode == 0, result.stderr
+    pruned = [t for t in load(tmp_path).trials if t.state == TrialState.PRUNED]
+    assert pruned, "an aggressive median pruner should stop some of 8 random trials"
+    assert all(len(t.intermediate_values) < 6 for t in pruned)
+    saved = sum(6 - len(t.intermediate_values) for t in pruned)
+    assert f"pruning saved {saved} of 48 epochs" in result.stderr + result.stdout
+
+
+def test_resume_adds_trials_without_replaying_configurations(tmp_path):
+    args = [*FAST, "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0"]
+    assert sweep(tmp_path, *args).returncode == 0
+    first = [t.params for t in load(tmp_path).trials]
+    result = sweep(tmp_path, *args)
+    assert result.returncode == 0, result.stderr
+    trials = load(tmp_path).trials
+    assert len(trials) == 6 and [t.params for t in trials[:3]] == first
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 6
+    assert "3 earlier trial(s)" in result.stderr + result.stdout
+
+
+def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path):
+    result = sweep(tmp_path, "data=digits", "trainer.epochs=3", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
+                   "search=digits", "model.depth=1", "model.width=32", "optimizer=sgd", "model.dropout=0.0",
+                   "optimizer.weight_decay=0", "optimizer.lr=choice(0.05,1e12)")
+    assert result.returncode == 0, result.stderr
+    by_lr = {t.params["optimizer.lr"]: t for t in load(tmp_path).trials}
+    assert by_lr[0.05].state == TrialState.COMPLETE
+    assert by_lr[1e12].state == TrialState.FAIL and "diverged" in by_lr[1e12].user_attrs["fail_reason"]
+    report = pd.read_csv(sweep_dirs(tmp_path)[0] / "report.csv")
+    assert "diverged" in report.loc[report["state"] == "FAIL", "reason"].item()
+
+
+def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
+    result = sweep(tmp_path, "data=digits", "trainer.epochs=2", "search=digits", "hydra/sweeper/sampler=grid",
+                   "hydra.sweeper.max_failure_rate=0", "model.depth=1", "model.width=32", "optimizer=sgd",
+                   "model.dropout=0.0", "optimizer.weight_decay=0", "optimizer.lr=choice(1e12,1e13)")
+    assert result.returncode != 0
+    assert "max_failure_rate" in result.stderr.strip().splitlines()[-1]
+    assert len(load(tmp_path).trials) == 1  # stopped after the first failure
+
+
+def test_parallel_workers_complete_a_sweep_with_split_threads(tmp_path):
+    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
+    assert result.returncode == 0, result.stderr
+    trials = load(tmp_path).trials
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
+    cores = len(os.sched_getaffinity(0))
+    for t in trials:
+        assert json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["threads"] == max(1, cores // 2)
+    # Two workers: some trial started before an earlier one had finished.
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
+    assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
+
+
+def test_bad_search_space_fails_before_any_training(tmp_path):
+    for bad, fragment in [("model.widht=choice(1,2)", "model.widht"), ("optimizer.lr=interval(1,0.1)", "low <= high"),
+                          ("optimizer.lr=interval(0,0.1)", "optimizer.lr")]:
+        result = sweep(tmp_path, *FAST, bad)
+        assert result.returncode != 0 and "Traceback" not in result.stderr
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("error: hydra.sweeper.params") and fragment in last, last
+    assert not list(tmp_path.glob("multirun/studies/*.db"))  # not even a study was created
+
+
+def test_second_sweep_on_one_sqlite_file_is_refused(tmp_path):
+    import fcntl
+
+    db = tmp_path / "multirun" / "studies" / "digits.db"
+    db.parent.mkdir(parents=True)
+    with open(f"{db}.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a running sweep holds it
+        result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1")
+    assert result.returncode != 0
+    assert "journal" in result.stderr.strip().splitlines()[-1]
+
+
+def test_journal_storage_and_command_line_search_space(tmp_path):
+    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=journal:///{tmp_path}/j.log",
+                   "hydra.sweeper.params.optimizer.lr=tag(log, interval(1e-2, 2e-2))")
+    assert result.returncode == 0, result.stderr
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    study = optuna.load_study(study_name="digits", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))))
+    assert len(study.trials) == 2 and all(1e-2 <= t.params["optimizer.lr"] <= 2e-2 for t in study.trials)
