@@ -1,0 +1,153 @@
+"""The sweep report, on one tiny real digits sweep shared by the tests in this file."""
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import run_cli, train_cli
+from sweep import report
+from sweep.train import METRIC
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory) -> Path:
+    """A 6-trial digits sweep with an aggressive pruner and one injected failure (a diverging lr)."""
+    cwd = tmp_path_factory.mktemp("sweep")
+    result = train_cli("--multirun", "data=digits", "search=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=6",
+                       "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1",
+                       "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
+                       "optimizer.lr=choice(0.02,0.1,1e12)", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    (sweep_dir,) = [p.parent for p in cwd.glob("multirun/*/*/study.json")]
+    return sweep_dir
+
+
+def _study(sweep_dir: Path) -> optuna.Study:
+    return report.study_of_sweep_dir(sweep_dir)
+
+
+def test_metric_name_is_the_trainers():
+    assert report.METRIC == METRIC
+
+
+def test_table_has_a_row_per_trial_best_first(swept):
+    table = pd.read_csv(swept / "report.csv")
+    trials = _study(swept).trials
+    assert sorted(table["trial"]) == [t.number for t in trials]
+    for col in ["trial", "state", "reason", "optimizer.lr", "model.width", METRIC, "best_epoch", "epochs_run",
+                "train_seconds", "param_count", "run_dir"]:
+        assert col in table.columns
+    values = table[METRIC].dropna().tolist()
+    assert values == sorted(values, reverse=True)
+    assert set(table["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
+    failed = table[table["state"] == "FAIL"]
+    assert (failed["reason"].str.contains("diverged")).all()
+    md = (swept / "report.md").read_text().splitlines()
+    assert md[0].startswith("| trial | state |") and len(md) == len(trials) + 2
+
+
+def test_plots_are_real_images(swept):
+    for name in report.PLOTS:
+        image = Image.open(swept / name)
+        assert image.size[0] > 300 and image.size[1] > 200
+        colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
+        assert colours is not None and len(colours) > 50  # more than a blank canvas with a frame
+
+
+def test_html_embeds_every_plot_and_the_table(swept):
+    page = (swept / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == len(report.PLOTS)
+    for name in report.PLOTS:
+        assert name in page
+    assert '<table' in page and 'id="runs"' in page
+
+
+def test_report_command_prints_the_top_runs_and_never_touches_the_study(swept, tmp_path):
+    db = next(swept.parents[1].glob("studies/*.db"))
+    before = db.read_bytes()
+    out = tmp_path / "again"
+    result = run_cli("sweep.report", str(swept), "--out", str(out), cwd=swept.parents[2])
+    assert result.returncode == 0, result.stderr
+    header = result.stdout.splitlines()[0].split()
+    assert header[:2] == ["trial", "state"] and METRIC in header
+    assert len(result.stdout.strip().splitlines()) == 1 + len(_study(swept).trials)
+    assert (out / "report.html").exists() and db.read_bytes() == before
+
+
+def test_report_from_storage_url(swept, tmp_path):
+    db = next(swept.parents[1].glob("studies/*.db"))
+    result = run_cli("sweep.report", "--storage", f"sqlite:///{db}", "--study", "digits", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert len(pd.read_csv(tmp_path / "report-digits" / "report.csv")) == len(_study(swept).trials)
+
+
+def test_comparing_two_sweeps(swept, tmp_path):
+    result = run_cli("sweep.report", str(swept), str(swept), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
+    assert len(table) == 2 and set(table.columns) >= {"sweep", f"best {METRIC}", "trials", "total_epochs", "wall_minutes"}
+    assert (tmp_path / "cmp" / "best_so_far.png").exists()
+
+
+def test_running_trials_and_missing_run_files_are_handled(swept, tmp_path):
+    db = next(swept.parents[1].glob("studies/*.db"))
+    copy = tmp_path / "copy.db"
+    shutil.copy(db, copy)
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{copy}")
+    running = study.ask()
+    running.report(0.5, 1)
+    running.set_user_attr("run_dir", str(tmp_path / "gone"))
+    with pytest.warns(UserWarning, match="gone"):
+        table = report.write_report(report.open_study(f"sqlite:///{copy}", "digits"), tmp_path / "out")
+    row = table[table["trial"] == running.number].iloc[0]
+    assert row["state"] == "RUNNING" and row[METRIC] == 0.5
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["/no/such/sweep"], "not a directory"),
+    (["--storage", "sqlite:////no/such.db", "--study", "x"], "does not exist"),
+    ([], "give a sweep directory"),
+])
+def test_bad_report_input(tmp_path, args, fragment):
+    result = run_cli("sweep.report", *args, cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+def test_empty_study_is_a_clear_error(tmp_path):
+    optuna.create_study(study_name="empty", storage=f"sqlite:///{tmp_path / 'e.db'}")
+    result = run_cli("sweep.report", "--storage", f"sqlite:///{tmp_path / 'e.db'}", "--study", "empty", cwd=tmp_path)
+    assert result.returncode != 0 and "no trials" in result.stderr
+
+
+def test_report_renders_in_a_browser(swept, tmp_path):
+    """Every image decodes (natural width > 0) and the table is visible, in headless Chromium."""
+    import os
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not chromium:
+        assert not os.environ.get("CI"), "CI must have Chromium: .ci/run installs Debian's chromium package"
+        pytest.skip("Chromium is not installed: `bash .ci/run` installs it (Debian), or apt-get install chromium")
+    probe = tmp_path / "probe.html"
+    page = (swept / "report.html").read_text()
+    script = """<script>window.addEventListener('load', () => {
+      const imgs = [...document.images];
+      const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+      const t = document.getElementById('runs');
+      const visible = t && t.getBoundingClientRect().height > 0 && getComputedStyle(t).display !== 'none';
+      document.title = `images ${ok}/${imgs.length} table ${visible ? 'visible' : 'hidden'} rows ${t ? t.rows.length - 1 : 0}`;
+    });</script></head>"""
+    probe.write_text(page.replace("</head>", script, 1))
+    result = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    n = len(report.PLOTS)
+    rows = len(_study(swept).trials)
+    assert f"<title>images {n}/{n} table visible rows {rows}</title>" in result.stdout, result.stdout[-500:] + result.stderr[-1500:]
