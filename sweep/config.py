@@ -25,6 +25,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 DATASETS = ("cifar10", "digits", "imagefolder")
 NORMALIZE = ("channel", "unit")
 SCHEDULES = ("none", "cosine", "onecycle")
+PRECISIONS = ("fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -81,6 +82,7 @@ def check_config(cfg: DictConfig) -> None:
     _require(isinstance(t.seed, int), "trainer.seed", "expected an integer", t.seed)
     _choice(cfg, "trainer.device", DEVICES)
     _choice(cfg, "trainer.schedule", SCHEDULES)
+    _choice(cfg, "trainer.precision", PRECISIONS)
     _require(
         _number(t.label_smoothing) and 0 <= t.label_smoothing < 1,
         "trainer.label_smoothing", "expected 0 <= label_smoothing < 1", t.label_smoothing,

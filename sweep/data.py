@@ -240,12 +240,14 @@ class Loader:
 
     def __init__(self, images: Images, device: torch.device, mean: torch.Tensor, std: torch.Tensor,
                  batch_size: int, flip: bool = False, crop_padding: int = 0):
-        self.x = images.x.to(device)
+        self.shape = tuple(images.x.shape[1:])  # (C, H, W)
+        self.x = images.x.reshape(len(images.x), -1).to(device)  # [N, C*H*W]: rows gather and normalize fastest flat
         self.y = images.y.to(device)
         self.batch_size, self.flip, self.pad = batch_size, flip, crop_padding
-        # (x / 255 - mean) / std folded into one multiply-add per element.
-        self.scale = (1 / (255 * std)).view(1, -1, 1, 1).to(device)
-        self.shift = (-mean / std).view(1, -1, 1, 1).to(device)
+        # (x / 255 - mean) / std folded into one multiply-add per element, per pixel of the flat row.
+        pixels = self.shape[1] * self.shape[2]
+        self.scale = (1 / (255 * std)).repeat_interleave(pixels).view(1, -1).to(device)
+        self.shift = (-mean / std).repeat_interleave(pixels).view(1, -1).to(device)
 
     def __len__(self) -> int:
         return (len(self.y) + self.batch_size - 1) // self.batch_size
@@ -254,11 +256,16 @@ class Loader:
         n = len(self.y)
         order = torch.randperm(n, device=self.x.device, generator=generator) if generator is not None else None
         for start in range(0, n, self.batch_size):
-            idx = order[start:start + self.batch_size] if order is not None else slice(start, start + self.batch_size)
-            x = torch.addcmul(self.shift, self.x[idx].float(), self.scale)  # [B, C, H, W], normalized
+            if order is not None:
+                idx = order[start:start + self.batch_size]
+                xb, yb = self.x.index_select(0, idx), self.y.index_select(0, idx)
+            else:
+                xb, yb = self.x[start:start + self.batch_size], self.y[start:start + self.batch_size]
+            # uint8 in, float out: the conversion happens inside the multiply-add, with no float copy of the batch.
+            x = torch.addcmul(self.shift, xb, self.scale).view(-1, *self.shape)  # [B, C, H, W], normalized
             if augment:
                 x = self._augment(x, generator)
-            yield x, self.y[idx]
+            yield x, yb
 
     def _augment(self, x: torch.Tensor, g: torch.Generator | None) -> torch.Tensor:
         b, _, h, w = x.shape

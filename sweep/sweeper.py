@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import threading
+import time
 import warnings
 from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
@@ -132,12 +133,14 @@ class SearchSpaceError(Exception):
 class OptunaSweeper(OptunaSweeperImpl):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None, study_name: str,
                  n_trials: int, n_jobs: int, max_failure_rate: float, retries: int, heartbeat_interval: int,
-                 grace_period: int, report: bool, custom_search_space: str | None, params: DictConfig | None) -> None:
+                 grace_period: int, report: bool, custom_search_space: str | None, params: DictConfig | None,
+                 timeout: float | None = None) -> None:
         for key, ok, allowed in [
             ("n_trials", isinstance(n_trials, int) and n_trials >= 1, "an integer >= 1"),
             ("n_jobs", isinstance(n_jobs, int) and n_jobs >= 1, "an integer >= 1"),
             ("max_failure_rate", isinstance(max_failure_rate, (int, float)) and 0 <= max_failure_rate <= 1, "a number in [0, 1]"),
             ("retries", isinstance(retries, int) and retries >= 0, "an integer >= 0"),
+            ("timeout", timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "null or seconds > 0"),
             ("storage", isinstance(storage, str) and storage != "", "an RDB URL (sqlite:///..., postgresql://...) or journal:///path"),
         ]:
             if not ok:
@@ -149,6 +152,7 @@ class OptunaSweeper(OptunaSweeperImpl):
         self.pruner = instantiate(pruner, _execution_whitelist_=_PRUNER_TARGETS)
         self.retries, self.heartbeat_interval, self.grace_period = retries, heartbeat_interval, grace_period
         self.write_report = report
+        self.timeout = timeout
 
     # ------------------------------------------------------------ search space
 
@@ -287,8 +291,9 @@ class OptunaSweeper(OptunaSweeperImpl):
         inflight: dict[Any, optuna.trial.Trial] = {}
         self._start_heartbeats(study, inflight)
         self.failures: list[str] = []
+        deadline = time.monotonic() + self.timeout if self.timeout else math.inf
         while len(numbers) < self.n_trials or inflight:
-            over_budget = len(self.failures) > self.max_failure_rate * self.n_trials
+            over_budget = len(self.failures) > self.max_failure_rate * self.n_trials or time.monotonic() > deadline
             batch = []
             while not over_budget and len(numbers) < self.n_trials and len(inflight) + len(batch) < self.n_jobs:
                 trial, overrides = self._ask(study, space, fixed, fixed_overrides)

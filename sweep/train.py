@@ -52,14 +52,21 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 1.0
 
 
+def autocast(device: torch.device, precision: str):
+    """bf16 runs the matmuls in bfloat16 and keeps the weights, optimizer and losses in float32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
 def train_epoch(model, loader: Loader, optimizer, scheduler, label_smoothing: float,
-                generator: torch.Generator) -> tuple[float, float]:
+                generator: torch.Generator, precision: str = "fp32") -> tuple[float, float]:
     model.train()
-    loss_sum = torch.zeros((), device=loader.y.device)
-    correct = torch.zeros((), device=loader.y.device, dtype=torch.long)
+    device = loader.y.device
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
     for x, y in loader.batches(generator, augment=True):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        with autocast(device, precision):
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -72,11 +79,12 @@ def train_epoch(model, loader: Loader, optimizer, scheduler, label_smoothing: fl
 
 
 @torch.no_grad()
-def evaluate(model, loader: Loader) -> tuple[float, float]:
+def evaluate(model, loader: Loader, precision: str = "fp32") -> tuple[float, float]:
     model.eval()
     loss_sum, correct = 0.0, 0
     for x, y in loader.batches():
-        logits = model(x)
+        with autocast(y.device, precision):
+            logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
     n = len(loader.y)
@@ -116,8 +124,8 @@ def train(cfg: DictConfig, out_dir: Path, on_epoch: Callable[[int, float], bool]
         for epoch in bar:
             start = time.perf_counter()
             train_loss, train_acc = train_epoch(model, data.train, optimizer, scheduler,
-                                                cfg.trainer.label_smoothing, shuffle)
-            val_loss, val_acc = evaluate(model, data.val)
+                                                cfg.trainer.label_smoothing, shuffle, cfg.trainer.precision)
+            val_loss, val_acc = evaluate(model, data.val, cfg.trainer.precision)
             seconds = time.perf_counter() - start
             history.append({"epoch": epoch, "train_loss": train_loss, "train_accuracy": train_acc,
                             "val_loss": val_loss, "val_accuracy": val_acc,

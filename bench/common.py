@@ -1,0 +1,33 @@
+"""Shared bits of the benchmark scripts: where the data is, and what machine printed the numbers."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+CIFAR_JPEG = Path(os.environ.get("SWEEP_CIFAR_JPEG", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}, Python {platform.python_version()}"
+
+
+def header(title: str) -> None:
+    print(f"# {title}")
+    print(f"command: python {' '.join(sys.argv)}")
+    print(f"machine: {machine()}")
+    print()
