@@ -31,3 +31,22 @@ def header(title: str) -> None:
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {machine()}")
     print()
+
+
+def run_sweep(name: str, *overrides: str, workdir: Path) -> tuple[float, "optuna.Study"]:
+    """Run `python -m sweep.train --multirun` in workdir; return its wall-clock seconds and its study."""
+    import subprocess
+    import time
+
+    import optuna
+
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "sweep.train", "--multirun", "data=imagefolder", f"data.root={CIFAR_JPEG}",
+         "data.val_size=5000", f"hydra.sweeper.study_name={name}", *overrides],
+        cwd=workdir, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        raise SystemExit(f"sweep {name} failed:\n{result.stderr[-3000:]}")
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{workdir}/multirun/studies/{name}.db")
+    return wall, study

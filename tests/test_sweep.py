@@ -80,7 +80,7 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path):
 
 def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
     result = sweep(tmp_path, "data=digits", "trainer.epochs=2", "search=digits", "hydra/sweeper/sampler=grid",
-                   "hydra.sweeper.max_failure_rate=0", "model.depth=1", "model.width=32", "optimizer=sgd",
+                   "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.n_jobs=1", "model.depth=1", "model.width=32", "optimizer=sgd",
                    "model.dropout=0.0", "optimizer.weight_decay=0", "optimizer.lr=choice(1e12,1e13)")
     assert result.returncode != 0
     assert "max_failure_rate" in result.stderr.strip().splitlines()[-1]

@@ -1,0 +1,67 @@
+import json
+
+import pytest
+import torch
+
+from conftest import run_cli, train_cli, write_imagefolder
+from sweep.config import UserError
+from sweep.data import build_splits
+from sweep.evaluate import evaluate_checkpoint, find_checkpoint, load_model, predict
+from sweep.train import METRIC, train
+
+
+def test_digits_checkpoint_round_trips_and_scores_on_the_test_split(make_cfg, tmp_path):
+    cfg = make_cfg("data=digits", "trainer.epochs=15", "trainer.save_checkpoint=true", "model.norm=batch")
+    metrics = train(cfg, tmp_path)
+    model, saved_cfg, ckpt = load_model(tmp_path / "best.pt", torch.device("cpu"))
+    # The reloaded weights reproduce the validation accuracy the best epoch had in memory.
+    val = build_splits(saved_cfg.data, torch.device("cpu")).val
+    assert (predict(model, val) == val.y).double().mean().item() == ckpt[METRIC] == metrics[METRIC]
+
+    result = evaluate_checkpoint(find_checkpoint(tmp_path), tmp_path)
+    written = json.loads((tmp_path / "test_metrics.json").read_text())
+    assert written["test_accuracy"] == result["test_accuracy"] > 0.8
+    assert written["test_images"] == 359 and len(written["per_class_accuracy"]) == 10
+    assert sum(map(sum, written["confusion_matrix"])) == 359
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 5000
+
+
+def test_imagefolder_test_split_from_the_command_line(tmp_path):
+    root = write_imagefolder(tmp_path / "imgs", per_class=20, test_per_class=5)
+    trained = train_cli("data=imagefolder", f"data.root={root}", "data.val_size=15", "trainer.epochs=10",
+                        "optimizer=adamw", "optimizer.lr=3e-3", "trainer.save_checkpoint=true", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    (run,) = [p.parent for p in tmp_path.glob("outputs/*/*/best.pt")]
+    result = run_cli("sweep.evaluate", str(run), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((run / "test_metrics.json").read_text())
+    assert metrics["test_images"] == 15 and set(metrics["per_class_accuracy"]) == {"cat", "dog", "frog"}
+    assert f"test accuracy {metrics['test_accuracy']:.4f}" in result.stdout
+
+
+def test_no_test_split_is_refused(make_cfg, tmp_path):
+    root = write_imagefolder(tmp_path / "imgs")
+    train(make_cfg("data=imagefolder", f"data.root={root}", "data.val_size=6", "trainer.epochs=1",
+                   "trainer.save_checkpoint=true"), tmp_path / "run")
+    with pytest.raises(UserError, match="no test split"):
+        evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "run")
+    result = run_cli("sweep.evaluate", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode != 0 and "no test split" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_run_without_checkpoint_says_how_to_get_one(tmp_path):
+    (tmp_path / "metrics.json").write_text("{}")
+    result = run_cli("sweep.evaluate", str(tmp_path), cwd=tmp_path)
+    assert result.returncode != 0 and "trainer.save_checkpoint=true" in result.stderr
+
+
+def test_sweep_directory_evaluates_its_best_trial(tmp_path):
+    swept = train_cli("--multirun", "data=digits", "search=digits", "trainer.epochs=3", "hydra.sweeper.n_trials=2",
+                      "hydra/sweeper/pruner=none", "trainer.save_checkpoint=true", cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr
+    (sweep_dir,) = [p.parent for p in tmp_path.glob("multirun/*/*/study.json")]
+    result = run_cli("sweep.evaluate", str(sweep_dir), "--out", str(tmp_path / "final"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads((tmp_path / "final" / "test_metrics.json").read_text())
+    best = max(json.loads(p.read_text())[METRIC] for p in sweep_dir.glob("*/metrics.json"))
+    assert metrics["val_accuracy"] == best
