@@ -134,7 +134,7 @@ class OptunaSweeper(OptunaSweeperImpl):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None, study_name: str,
                  n_trials: int, n_jobs: int, max_failure_rate: float, retries: int, heartbeat_interval: int,
                  grace_period: int, report: bool, custom_search_space: str | None, params: DictConfig | None,
-                 timeout: float | None = None) -> None:
+                 timeout: float | None = None, enqueue: Any = None) -> None:
         for key, ok, allowed in [
             ("n_trials", isinstance(n_trials, int) and n_trials >= 1, "an integer >= 1"),
             ("n_jobs", isinstance(n_jobs, int) and n_jobs >= 1, "an integer >= 1"),
@@ -153,6 +153,7 @@ class OptunaSweeper(OptunaSweeperImpl):
         self.retries, self.heartbeat_interval, self.grace_period = retries, heartbeat_interval, grace_period
         self.write_report = report
         self.timeout = timeout
+        self.enqueue = [OmegaConf.to_container(e, resolve=True) if isinstance(e, DictConfig) else dict(e) for e in enqueue or []]
 
     # ------------------------------------------------------------ search space
 
@@ -212,6 +213,8 @@ class OptunaSweeper(OptunaSweeperImpl):
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
                                     pruner=self.pruner, directions=self._get_directions(), load_if_exists=True)
         self._fail_stale(study)
+        for params in self.enqueue:  # known-good starting points; skipped when the study already has them
+            study.enqueue_trial(params, skip_if_exists=True)
         done_before = len(study.trials)
         seed = self.sampler_cfg.get("seed") if isinstance(self.sampler_cfg, DictConfig) else None
         if done_before and seed is not None and not is_grid:
