@@ -1,0 +1,78 @@
+"""GPU check: trainer.device=cuda end to end, and epoch times on CIFAR-10-sized data.
+
+    python bench/gpu_check.py OUT_DIR
+
+Needs a CUDA GPU. CIFAR-10 itself may be out of reach there, so the epoch timings use random images
+in CIFAR-10's batch format (50,000 of 3x32x32): speed does not depend on the pixels.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+
+from common import header
+from sweep.train import CONF_DIR, train
+
+
+def fake_cifar10(root: Path) -> Path:
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name, n in [*[(f"data_batch_{i}", 10000) for i in range(1, 6)], ("test_batch", 10000)]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}, f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
+    return root
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    header("GPU check")
+    assert torch.cuda.is_available(), "no CUDA GPU visible"
+
+    run = subprocess.run([sys.executable, "-m", "sweep.train", "data=digits", "trainer.device=cuda", "model.hidden_sizes=[256,128]",
+                          f"hydra.run.dir={out}/digits", f"data.cache_dir={out}/cache"], capture_output=True, text=True)
+    digits = json.loads((out / "digits" / "metrics.json").read_text()) if run.returncode == 0 else {"error": run.stderr[-2000:]}
+    print("digits on cuda:", json.dumps(digits))
+
+    root = fake_cifar10(Path("/tmp/fake-cifar10"))
+    rows = []
+    for label, extra in [("tutorial MLP [128], fp32", ["+experiment=tutorial"]),
+                         ("tutorial MLP [128], bf16", ["+experiment=tutorial", "trainer.precision=bf16"]),
+                         ("3x2048 batch norm, batch 512, flip+crop, bf16",
+                          ["model.width=2048", "model.depth=3", "model.norm=batch", "data.batch_size=512", "data.flip=true",
+                           "data.crop_padding=4", "trainer.precision=bf16"])]:
+        with initialize_config_dir(config_dir=CONF_DIR):
+            cfg = compose("config", overrides=[f"data.root={root}", "data.download=false", f"data.cache_dir={out}/cache",
+                                               "trainer.device=cuda", "trainer.epochs=4", *extra])
+        start = time.perf_counter()
+        metrics = train(cfg, out / "epochs")
+        hist = (out / "epochs" / "history.csv").read_text().splitlines()[1:]
+        seconds = [float(r.split(",")[-1]) for r in hist]
+        rows.append((label, min(seconds[1:]), time.perf_counter() - start, metrics["device"]))
+    print("| config (50,000 CIFAR-10-sized images, 5,000 val) | seconds / epoch (best of epochs 2-4) | device |")
+    print("|---|---|---|")
+    for label, sec, _, dev in rows:
+        print(f"| {label} | {sec:.3f} | {dev} |")
+
+    sweep = subprocess.run([sys.executable, "-m", "sweep.train", "--multirun", "data=digits", "search=digits",
+                            "trainer.device=cuda", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                            f"hydra.sweeper.storage=sqlite:///{out}/gpu.db", f"hydra.sweep.dir={out}/sweep",
+                            f"data.cache_dir={out}/cache"], capture_output=True, text=True)
+    summary = [line for line in (sweep.stdout + sweep.stderr).splitlines() if "Sweep done" in line or "error" in line]
+    print("digits sweep on cuda, 2 workers:", sweep.returncode, summary)
+
+
+if __name__ == "__main__":
+    main()
