@@ -65,13 +65,38 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for the other process's write, don't fail
     try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                              grace_period=grace_period, heartbeat_stale_trial_callback=callback,
-                                              skip_table_creation=read_only)
+        for attempt in range(5):
+            try:
+                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    storage = optuna.storages.RDBStorage(
+                        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                        grace_period=grace_period, heartbeat_stale_trial_callback=callback, skip_table_creation=read_only)
+                if url.startswith("sqlite:") and not read_only:
+                    _write_ahead_log(storage.engine)
+                return storage
+            except STORAGE_ERRORS as e:
+                # Workers starting together on an empty database race to create Optuna's tables;
+                # the loser sees a duplicate-key error and finds the tables there on the next try.
+                if "duplicate key" not in str(e) and "already exists" not in str(e) or attempt == 4:
+                    raise
+                time.sleep(0.5 * (attempt + 1))
     except Exception as e:
         raise SystemExit(f"error: hydra.sweeper.storage={redact(url)!r} cannot be opened: {_first_line(e)}") from None
+
+
+def _write_ahead_log(engine) -> None:
+    """SQLite in WAL mode: a report read while the sweep runs never blocks its writes, and commits are cheaper."""
+    from sqlalchemy import event
+
+    def pragmas(connection, _record):
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections opened before the listener reconnect with it
 
 
 def heartbeats(storage: optuna.storages.BaseStorage) -> bool:
@@ -81,6 +106,15 @@ def heartbeats(storage: optuna.storages.BaseStorage) -> bool:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _storage_errors() -> tuple[type[BaseException], ...]:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return (optuna.exceptions.StorageInternalError, SQLAlchemyError)
+
+
+STORAGE_ERRORS = _storage_errors()
 
 
 class TrialReporter:
@@ -155,6 +189,22 @@ class OptunaSweeper(OptunaSweeperImpl):
         self.timeout = timeout
         self.enqueue = [OmegaConf.to_container(e, resolve=True) if isinstance(e, DictConfig) else dict(e) for e in enqueue or []]
 
+    def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
+        raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
+        if isinstance(raw, str) and "${" not in raw and "://" in raw and not raw.startswith(("sqlite", "journal")):
+            from sqlalchemy.engine import make_url
+
+            try:
+                has_password = make_url(raw).password is not None
+            except Exception:
+                has_password = False
+            if has_password:
+                # Hydra writes the sweeper's settings into every run's .hydra/hydra.yaml.
+                raise SystemExit(
+                    "error: hydra.sweeper.storage holds a password, which would be saved in every run's config; "
+                    "leave it out and set PGPASSWORD (or ~/.pgpass), or write it as ${oc.env:SWEEP_DB_PASSWORD}")
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
     # ------------------------------------------------------------ search space
 
     def _search_space(self, arguments: list[str]):
@@ -228,15 +278,22 @@ class OptunaSweeper(OptunaSweeperImpl):
         (sweep_dir / "study.json").write_text(json.dumps({"storage": redact(self.storage), "study_name": study.study_name}) + "\n")
 
         numbers: list[int] = []
-        interrupted = False
+        interrupted, lost = False, None
         try:
             self._run_trials(study, space, fixed, fixed_overrides, numbers)
         except KeyboardInterrupt:
             interrupted = True
+        except STORAGE_ERRORS as e:  # the database went away
+            lost = e
         finally:
             self._stop_heartbeats()
             if hasattr(self.launcher, "shutdown"):
-                self.launcher.shutdown(kill=interrupted)
+                self.launcher.shutdown(kill=interrupted or lost is not None)
+        if lost is not None:
+            raise SystemExit(
+                f"error: lost the study's storage {redact(self.storage)} ({_first_line(lost)}); finished trials are "
+                "saved there. Once it is back, rerun the same command to resume: trials left running are marked "
+                "FAIL after hydra.sweeper.grace_period seconds")
         self._finish(study, numbers, sweep_dir, interrupted)
 
     def _lock_sqlite(self):
@@ -270,8 +327,11 @@ class OptunaSweeper(OptunaSweeperImpl):
 
         def beat():
             while not self._beating.wait(self.heartbeat_interval):
-                for trial in list(inflight.values()):
-                    storage.record_heartbeat(trial._trial_id)
+                try:
+                    for trial in list(inflight.values()):
+                        storage.record_heartbeat(trial._trial_id)
+                except STORAGE_ERRORS as e:  # the main loop reports a lost database; keep trying meanwhile
+                    log.warning("heartbeat not recorded: %s", _first_line(e))
 
         threading.Thread(target=beat, daemon=True, name="optuna-heartbeat").start()
 

@@ -211,4 +211,8 @@ def cli() -> None:
 
 
 if __name__ == "__main__":
-    cli()
+    # Run the importable sweep.train, not this __main__ copy, so launchers that pickle the task
+    # (pool, joblib, submitit) can find it by name in their worker processes.
+    from sweep.train import cli as _cli
+
+    _cli()

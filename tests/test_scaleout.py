@@ -1,0 +1,208 @@
+"""Several workers on one study in a real PostgreSQL server (started here, on loopback), crash safety,
+credentials, and the submitit launcher's local executor."""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from conftest import run_cli, train_cli
+
+BASE = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "hydra.sweeper.n_jobs=1"]
+FAST = [*BASE, "trainer.epochs=3"]  # a fixed trainer.epochs would drop it from a search space, so BASE leaves it out
+
+
+@dataclass
+class Postgres:
+    url: str  # no password in it: it comes from PGPASSWORD
+    password: str
+    env: dict
+    start: callable
+    stop: callable
+
+
+def _pg_bindir() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if found:
+        return Path(found[-1]).parent
+    initdb = shutil.which("initdb")
+    return Path(initdb).parent if initdb else None
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    bindir = _pg_bindir()
+    if bindir is None:
+        assert not os.environ.get("CI"), "CI must have PostgreSQL: .ci/run installs Debian's postgresql"
+        pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; `bash .ci/run` does it)")
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # not under pytest's 0700 tree: the postgres user must reach it
+    os.chmod(base, 0o777)
+    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses to run as root
+    password = "pw-" + secrets.token_hex(8)
+    (base / "pw").write_text(password)
+    os.chmod(base / "pw", 0o644)
+    subprocess.run([*as_owner, bindir / "initdb", "-D", base / "data", "-U", "sweep", "--auth=scram-sha-256",
+                    f"--pwfile={base / 'pw'}"], check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctl = [*as_owner, bindir / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w"]
+
+    def start():
+        subprocess.run([*ctl, "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+
+    def stop():
+        subprocess.run([*ctl, "-m", "fast", "stop"], check=True, capture_output=True)
+
+    start()
+    env = {"PGPASSWORD": password}
+    subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "sweep"],
+                   check=True, env={**os.environ, **env}, capture_output=True)
+    yield Postgres(f"postgresql://sweep@127.0.0.1:{port}/sweep", password, env, start, stop)
+    subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _study(pg: Postgres, name: str) -> optuna.Study:
+    os.environ["PGPASSWORD"] = pg.password
+    return optuna.load_study(study_name=name, storage=pg.url)
+
+
+def _trials_so_far(pg: Postgres, name: str) -> list:
+    try:
+        return _study(pg, name).trials
+    except KeyError:  # the worker has not created the study yet
+        return []
+
+
+def _worker(cwd: Path, pg: Postgres, name: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={cwd / 'cache'}", *args,
+         f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}"],
+        cwd=cwd, env={**os.environ, **pg.env, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_concurrent_workers_land_every_trial_once(postgres, tmp_path):
+    workers = [_worker(tmp_path, postgres, "shared", *FAST, "hydra.sweeper.n_trials=3") for _ in range(2)]
+    outputs = [w.communicate(timeout=300) for w in workers]
+    for w, (_, err) in zip(workers, outputs):
+        assert w.returncode == 0, err
+    trials = _study(postgres, "shared").trials
+    assert sorted(t.number for t in trials) == list(range(6))
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    result = run_cli("sweep.report", "--storage", postgres.url, "--study", "shared", cwd=tmp_path, env=postgres.env)
+    assert result.returncode == 0, result.stderr
+    assert len((tmp_path / "report-shared" / "report.csv").read_text().strip().splitlines()) == 1 + 6
+
+
+def test_killed_worker_loses_nothing_and_its_trial_is_retried(postgres, tmp_path):
+    # Trial 0 is short and finishes; trial 1 is long and is running when the worker is killed.
+    args = [*BASE, "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "trainer.epochs=choice(2,500)",
+            "hydra.sweeper.enqueue=[{trainer.epochs:2},{trainer.epochs:500}]"]
+    worker = _worker(tmp_path, postgres, "crash", *args)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        trials = _trials_so_far(postgres, "crash")
+        if len(trials) == 2 and trials[1].state == TrialState.RUNNING and trials[1].intermediate_values:
+            break
+        assert worker.poll() is None, worker.communicate()[1]
+        time.sleep(0.2)
+    os.killpg(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert _study(postgres, "crash").trials[1].state == TrialState.RUNNING  # nobody has noticed yet
+
+    result = train_cli("--multirun", *BASE, "hydra.sweeper.n_trials=1", "hydra.sweeper.heartbeat_interval=1",
+                       "hydra.sweeper.grace_period=2", "hydra.sweeper.retries=1", "trainer.epochs=choice(2,500)",
+                       f"hydra.sweeper.storage={postgres.url}", "hydra.sweeper.study_name=crash", cwd=tmp_path,
+                       env=postgres.env)
+    assert result.returncode == 0, result.stderr
+    trials = _study(postgres, "crash").trials
+    assert trials[0].state == TrialState.COMPLETE  # finished before the kill: kept
+    assert trials[1].state == TrialState.FAIL  # the dead worker's trial, found by its stale heartbeat
+    retried = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert retried[0].params == trials[1].params
+    result = run_cli("sweep.report", "--storage", postgres.url, "--study", "crash", cwd=tmp_path, env=postgres.env)
+    assert result.returncode == 0, result.stderr
+
+
+def test_database_going_away_is_a_clear_error_and_the_sweep_resumes(postgres, tmp_path):
+    worker = _worker(tmp_path, postgres, "outage", *BASE, "hydra.sweeper.n_trials=3", "trainer.epochs=800")
+    deadline = time.monotonic() + 120
+    while not [t for t in _trials_so_far(postgres, "outage") if t.intermediate_values]:
+        assert time.monotonic() < deadline and worker.poll() is None
+        time.sleep(0.2)
+    postgres.stop()
+    try:
+        _, err = worker.communicate(timeout=120)
+    finally:
+        postgres.start()
+    assert worker.returncode != 0 and "Traceback" not in err, err
+    assert "lost the study's storage" in err.strip().splitlines()[-1]
+    result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=1", "hydra.sweeper.grace_period=1",
+                       f"hydra.sweeper.storage={postgres.url}", "hydra.sweeper.study_name=outage", cwd=tmp_path,
+                       env=postgres.env)
+    assert result.returncode == 0, result.stderr
+    states = [t.state for t in _study(postgres, "outage").trials]
+    assert states[0] == TrialState.FAIL and states[-1] == TrialState.COMPLETE
+
+
+def test_password_never_reaches_logs_reports_or_saved_configs(postgres, tmp_path):
+    url = postgres.url.replace("sweep@", "sweep:${oc.env:SWEEP_DB_PASSWORD}@")
+    result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={url}",
+                       "hydra.sweeper.study_name=secret", cwd=tmp_path, env={"SWEEP_DB_PASSWORD": postgres.password})
+    assert result.returncode == 0, result.stderr
+    assert postgres.password not in result.stdout + result.stderr
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert any(p.name == "hydra.yaml" for p in files) and any(p.name == "report.html" for p in files)
+    leaks = [p for p in files if postgres.password.encode() in p.read_bytes()]
+    assert not leaks
+
+    literal = postgres.url.replace("sweep@", f"sweep:{postgres.password}@")
+    (tmp_path / "x").mkdir()
+    refused = train_cli("--multirun", *FAST, f"hydra.sweeper.storage={literal}", cwd=tmp_path / "x")
+    assert refused.returncode != 0 and "PGPASSWORD" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_sqlite_refuses_a_second_concurrent_worker(tmp_path):
+    first = subprocess.Popen(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *BASE,
+         "hydra.sweeper.n_trials=1", "trainer.epochs=300"], cwd=tmp_path, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    db = tmp_path / "multirun" / "studies" / "digits.db"
+    deadline = time.monotonic() + 60
+    while not (db.exists() and optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials):
+        assert time.monotonic() < deadline and first.poll() is None
+        time.sleep(0.2)
+    second = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    assert second.returncode != 0 and "journal" in second.stderr.strip().splitlines()[-1]
+    trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials
+    assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE  # the study is intact
+
+
+def test_submitit_local_launcher_runs_a_sweep(tmp_path):
+    result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=2", "hydra/launcher=submitit_local",
+                       "hydra.launcher.timeout_min=10", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path}/multirun/studies/digits.db")
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert list(tmp_path.glob("multirun/*/*/.submitit"))
