@@ -3,16 +3,11 @@ credentials, and the submitit launcher's local executor."""
 
 from __future__ import annotations
 
-import glob
 import os
-import secrets
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
@@ -21,62 +16,20 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from conftest import run_cli, train_cli
+from pgserver import Postgres, bindir, start_postgres
 
 BASE = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "hydra.sweeper.n_jobs=1"]
 FAST = [*BASE, "trainer.epochs=3"]  # a fixed trainer.epochs would drop it from a search space, so BASE leaves it out
 
 
-@dataclass
-class Postgres:
-    url: str  # no password in it: it comes from PGPASSWORD
-    password: str
-    env: dict
-    start: callable
-    stop: callable
-
-
-def _pg_bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
-    if found:
-        return Path(found[-1]).parent
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    bindir = _pg_bindir()
-    if bindir is None:
+    if bindir() is None:
         assert not os.environ.get("CI"), "CI must have PostgreSQL: .ci/run installs Debian's postgresql"
         pytest.skip("PostgreSQL is not installed (Debian: apt-get install postgresql; `bash .ci/run` does it)")
-    import tempfile
-
-    base = Path(tempfile.mkdtemp(prefix="sweep-pg-"))  # not under pytest's 0700 tree: the postgres user must reach it
-    os.chmod(base, 0o777)
-    as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []  # initdb refuses to run as root
-    password = "pw-" + secrets.token_hex(8)
-    (base / "pw").write_text(password)
-    os.chmod(base / "pw", 0o644)
-    subprocess.run([*as_owner, bindir / "initdb", "-D", base / "data", "-U", "sweep", "--auth=scram-sha-256",
-                    f"--pwfile={base / 'pw'}"], check=True, capture_output=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctl = [*as_owner, bindir / "pg_ctl", "-D", base / "data", "-l", base / "log", "-w"]
-
-    def start():
-        subprocess.run([*ctl, "-o", f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
-
-    def stop():
-        subprocess.run([*ctl, "-m", "fast", "stop"], check=True, capture_output=True)
-
-    start()
-    env = {"PGPASSWORD": password}
-    subprocess.run([bindir / "createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "sweep", "sweep"],
-                   check=True, env={**os.environ, **env}, capture_output=True)
-    yield Postgres(f"postgresql://sweep@127.0.0.1:{port}/sweep", password, env, start, stop)
-    subprocess.run([*ctl, "-m", "immediate", "stop"], capture_output=True)
-    shutil.rmtree(base, ignore_errors=True)
+    server = start_postgres()
+    yield server
+    server.remove()
 
 
 def _study(pg: Postgres, name: str) -> optuna.Study:
