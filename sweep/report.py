@@ -129,7 +129,7 @@ def best_so_far(trials: list[FrozenTrial]) -> pd.DataFrame:
     """Running best validation accuracy, by trial number and by minutes since the first trial started."""
     done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete), key=lambda t: t.number)
     if not done:
-        return pd.DataFrame(columns=["trial", "minutes", "best"])
+        return pd.DataFrame(columns=["trial", "value", "minutes", "best"])
     start = min(t.datetime_start for t in trials if t.datetime_start)
     df = pd.DataFrame({"trial": [t.number for t in done], "value": [t.value for t in done],
                        "minutes": [(t.datetime_complete - start).total_seconds() / 60 for t in done]})

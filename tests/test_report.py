@@ -108,6 +108,17 @@ def test_running_trials_and_missing_run_files_are_handled(swept, tmp_path):
     assert row["state"] == "RUNNING" and row[METRIC] == 0.5
 
 
+def test_a_sweep_with_no_completed_trial_still_gets_its_report(tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    failed = study.ask({"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)})
+    failed.set_user_attr("fail_reason", "Diverged: training diverged")
+    study.tell(failed, state=optuna.trial.TrialState.FAIL)
+    study.ask().report(0.3, 1)  # still running
+    table = report.write_report(study, tmp_path / "out")
+    assert table["state"].tolist() == ["RUNNING", "FAIL"] and table["reason"].tolist()[1].startswith("Diverged")
+    assert all((tmp_path / "out" / name).exists() for name in report.PLOTS)
+
+
 @pytest.mark.parametrize("args, fragment", [
     (["/no/such/sweep"], "not a directory"),
     (["--storage", "sqlite:////no/such.db", "--study", "x"], "does not exist"),

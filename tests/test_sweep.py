@@ -130,3 +130,25 @@ def test_journal_storage_and_command_line_search_space(tmp_path):
 
     study = optuna.load_study(study_name="digits", storage=JournalStorage(JournalFileBackend(str(tmp_path / "j.log"))))
     assert len(study.trials) == 2 and all(1e-2 <= t.params["optimizer.lr"] <= 2e-2 for t in study.trials)
+
+
+def test_ctrl_c_marks_running_trials_failed_and_keeps_the_study_readable(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_proc = subprocess.Popen(
+        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", "data=digits",
+         "search=digits", "trainer.epochs=300", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("multirun/*/*/0/metrics.json")):
+        assert time.monotonic() < deadline and sweep_proc.poll() is None
+        time.sleep(0.2)
+    os.killpg(sweep_proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole process group
+    _, err = sweep_proc.communicate(timeout=120)
+    assert sweep_proc.returncode != 0 and "interrupted" in err.strip().splitlines()[-1]
+    trials = load(tmp_path).trials
+    assert trials and all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "sweep interrupted" for t in trials)
+    assert (sweep_dirs(tmp_path)[0] / "report.html").exists()
