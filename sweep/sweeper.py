@@ -435,9 +435,9 @@ class OptunaSweeper(OptunaSweeperImpl):
                            sweep_dir / "optimization_results.yaml")
         if self.write_report and study.trials:
             try:
-                from sweep.report import write_report
+                from sweep.report import print_top, write_report
 
-                write_report(study, sweep_dir)
+                print_top(write_report(study, sweep_dir))
             except Exception as e:  # a broken plot must not cost the user the sweep's results
                 log.warning("report not written: %s", _first_line(e))
         if interrupted:

@@ -105,7 +105,7 @@ def train(cfg: DictConfig, out_dir: Path, on_epoch: Callable[[int, float], bool]
 
     data = build_splits(cfg.data, device)
     model = build_model(cfg.model, data.input_shape, len(data.classes)).to(device)
-    optimizer = build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
     total_steps = cfg.trainer.epochs * len(data.train)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(cfg.trainer.schedule, step, total_steps))
