@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 from optuna.trial import TrialState
 
 from conftest import train_cli
@@ -42,8 +43,10 @@ def test_sweep_records_every_trial_and_reports_it(tmp_path):
     assert re.search(r"4 trial\(s\): 4 complete, 0 pruned, 0 failed", result.stderr + result.stdout)
 
 
-def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path):
+@pytest.mark.parametrize("launcher", ["pool", "basic"])  # worker processes, and in-process
+def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path, launcher):
     result = sweep(tmp_path, "data=digits", "search=digits", "trainer.epochs=6", "hydra.sweeper.n_trials=8",
+                   f"hydra/launcher={launcher}",
                    "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
                    "hydra.sweeper.pruner.n_warmup_steps=0", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0")
     assert result.returncode == 0, result.stderr
