@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from common import header, run_sweep
+from sweep.launcher import cpu_cores
 
 
 def main() -> None:
@@ -34,9 +35,7 @@ def main() -> None:
             rows.append((k, wall, 3600 * args.trials / wall))
     print("| trials in flight (n_jobs) | torch threads each | wall seconds | trials / hour | vs k=1 |")
     print("|---|---|---|---|---|")
-    import os
-
-    cores = len(os.sched_getaffinity(0))
+    cores = cpu_cores()
     for k, wall, rate in rows:
         print(f"| {k} | {max(1, cores // k)} | {wall:.1f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
 

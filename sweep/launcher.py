@@ -3,10 +3,8 @@ so the sweeper can start the next trial the moment any worker is free (instead o
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Sequence
@@ -32,27 +30,6 @@ def _limit_threads(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _by_reference(task: TaskFunction) -> tuple[TaskFunction, int]:
-    """The task as its module's decorated attribute, plus how many __wrapped__ layers to peel off in the worker.
-
-    Workers then import the task instead of unpickling a copy of it; this also works when the
-    sweep was started as `python -m sweep.train`, where the task lives in __main__.
-    """
-    module_name = task.__module__
-    if module_name == "__main__":
-        spec = getattr(sys.modules["__main__"], "__spec__", None)
-        if spec is None:
-            return task, 0
-        module_name = spec.name
-    decorated = getattr(importlib.import_module(module_name), task.__name__, None)
-    if decorated is None:
-        return task, 0
-    depth, inner = 0, decorated
-    while hasattr(inner, "__wrapped__"):  # hydra.main keeps the task under functools.wraps' __wrapped__
-        inner, depth = inner.__wrapped__, depth + 1
-    return decorated, depth
-
-
 class PoolLauncher(Launcher):
     def __init__(self, n_jobs: int = 1, threads_per_job: int | None = None) -> None:
         if not isinstance(n_jobs, int) or n_jobs < 1:
@@ -72,7 +49,6 @@ class PoolLauncher(Launcher):
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-        self._task, self._unwrap = _by_reference(self.task_function)
         self._executor = get_reusable_executor(
             max_workers=self.n_jobs, initializer=_limit_threads, initargs=(self.threads,), reuse=False)
         log.info("pool of %d worker process(es), %d torch thread(s) each", self.n_jobs, self.threads)
@@ -83,7 +59,7 @@ class PoolLauncher(Launcher):
             self._start()
         log.info("\t#%d : %s", job_idx, " ".join(filter_overrides(overrides)))
         return self._executor.submit(execute_job, job_idx, list(overrides), self.hydra_context, self.config,
-                                     self._task, self._unwrap, Singleton.get_state(), False)
+                                     self.task_function, 0, Singleton.get_state(), False)
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         futures = [self.submit(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]

@@ -148,11 +148,8 @@ class TrialReporter:
         if metrics["status"] == "pruned":
             raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
 
-    def fail(self, error: Exception) -> None:
-        self.trial.set_user_attr("fail_reason", str(error)[:500])
 
-
-def _tell(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
+def _tell_once(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
     try:
         study.tell(trial, skip_if_finished=True, **kw)
     except RuntimeError as e:  # GridSampler calls study.stop() once the grid is exhausted; the tell itself went through
@@ -395,29 +392,30 @@ class OptunaSweeper(OptunaSweeperImpl):
             except (TypeError, ValueError):
                 value = math.nan
             if math.isfinite(value):
-                _tell(study, trial, values=value)
+                _tell_once(study, trial, values=value)
                 log.info("Trial %d: %.4f", trial.number, value)
                 return
             error = ValueError(f"the task returned {ret.return_value!r}, not a finite number")
         if error is None:
             error = ret._return_value  # the exception the task raised
         if isinstance(error, optuna.TrialPruned):
-            _tell(study, trial, state=TrialState.PRUNED)
+            _tell_once(study, trial, state=TrialState.PRUNED)
             log.info("Trial %d: pruned (%s)", trial.number, error)
             return
         reason = _first_line(error)
         trial.set_user_attr("fail_reason", reason[:500])
-        _tell(study, trial, state=TrialState.FAIL)
+        _tell_once(study, trial, state=TrialState.FAIL)
         self.failures.append(reason)
         log.warning("Trial %d failed: %s", trial.number, reason)
 
     def _finish(self, study: optuna.Study, numbers: list[int], sweep_dir: Path, interrupted: bool) -> None:
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number in set(numbers)]
+        launched = set(numbers)
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number in launched]
         for t in mine:
             if t.state == TrialState.RUNNING and interrupted:  # ended by Ctrl-C: never leave them RUNNING
                 study._storage.set_trial_user_attr(t._trial_id, "fail_reason", "sweep interrupted")
                 study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        mine = [t for t in study.get_trials(deepcopy=False) if t.number in set(numbers)]
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number in launched]  # states changed above
         count = {s: sum(t.state == s for t in mine) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         pruned = [t for t in mine if t.state == TrialState.PRUNED]
         budget = sum(int(t.user_attrs.get("epochs", 0)) for t in mine if t.state != TrialState.FAIL)

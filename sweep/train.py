@@ -186,8 +186,6 @@ def main(cfg: DictConfig) -> float:
             raise Diverged(f"training diverged: loss became NaN or inf at epoch {metrics['epochs_run']}; "
                            "lower optimizer.lr or add model.norm=batch")
     except (UserError, Diverged) as e:
-        if reporter:
-            reporter.fail(e)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise  # the sweeper records the trial as FAIL with this reason and goes on
         raise SystemExit(f"error: {e}") from None
