@@ -145,7 +145,8 @@ def train(cfg: DictConfig, out_dir: Path, on_epoch: Callable[[int, float], bool]
                 if cfg.trainer.save_checkpoint:
                     save_checkpoint(out_dir / "best.pt", model, cfg, data, epoch, val_acc)
             _save(out_dir, metrics, history)  # after every epoch, so a killed run keeps what it did
-            if on_epoch is not None and on_epoch(epoch, val_acc):
+            # A run that already did its last epoch is complete: pruning it would save nothing.
+            if on_epoch is not None and on_epoch(epoch, val_acc) and epoch < cfg.trainer.epochs:
                 metrics["status"] = "pruned"
                 break
     if metrics["status"] == "running":

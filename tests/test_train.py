@@ -49,6 +49,11 @@ def test_on_epoch_can_stop_a_run_as_pruned(make_cfg, tmp_path):
     assert metrics["status"] == "pruned" and metrics["epochs_run"] == 2
 
 
+def test_a_prune_answer_after_the_last_epoch_leaves_the_run_complete(make_cfg, tmp_path):
+    metrics = train(make_cfg("data=digits", "trainer.epochs=2"), tmp_path, lambda e, acc: e == 2)
+    assert metrics["status"] == "completed" and metrics["epochs_run"] == 2
+
+
 def test_checkpoint_holds_weights_and_config_only(make_cfg, tmp_path):
     metrics = train(make_cfg("data=digits", "trainer.epochs=2", "trainer.save_checkpoint=true"), tmp_path)
     ckpt = torch.load(tmp_path / "best.pt", weights_only=True)  # refuses anything that runs code
