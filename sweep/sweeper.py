@@ -33,6 +33,7 @@ from optuna.trial import TrialState
 log = logging.getLogger(__name__)
 _SAMPLER_TARGETS = ("hydra_plugins.hydra_optuna_sweeper.*", "optuna.samplers.*")
 _PRUNER_TARGETS = ("optuna.pruners.*",)
+DEADLINE_ATTR = "sweep:deadline"  # trial system attr: when the sweep's time_budget ends, for the worker to check
 
 
 def redact(url: str) -> str:
@@ -120,8 +121,10 @@ STORAGE_ERRORS = _storage_errors()
 class TrialReporter:
     """The task's side of a trial: reports each epoch to Optuna and answers whether to prune."""
 
-    def __init__(self, trial: optuna.trial.Trial):
+    def __init__(self, trial: optuna.trial.Trial, deadline: float | None = None):
         self.trial = trial
+        self.deadline = deadline  # unix time at which the sweep's time budget runs out
+        self.out_of_time = False
 
     @classmethod
     def connect(cls, cfg: DictConfig, hydra_cfg: DictConfig, out_dir: Path) -> TrialReporter | None:
@@ -136,17 +139,21 @@ class TrialReporter:
         trial = optuna.trial.Trial(study, storage.get_trial_id_from_study_id_trial_number(study_id, cfg.sweep_trial))
         trial.set_user_attr("run_dir", str(out_dir.resolve()))
         trial.set_user_attr("epochs", cfg.trainer.epochs)
-        return cls(trial)
+        return cls(trial, storage.get_trial_system_attrs(trial._trial_id).get(DEADLINE_ATTR))
 
     def on_epoch(self, epoch: int, val_accuracy: float) -> bool:
         self.trial.report(val_accuracy, epoch)
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.out_of_time = True
+            return True
         return self.trial.should_prune()
 
     def finish(self, metrics: dict) -> None:
         for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "status"):
             self.trial.set_user_attr(key, metrics[key])
         if metrics["status"] == "pruned":
-            raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
+            why = "stopped by hydra.sweeper.time_budget" if self.out_of_time else "pruned"
+            raise optuna.TrialPruned(f"{why} after epoch {metrics['epochs_run']}")
 
 
 def _tell_once(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
@@ -165,13 +172,15 @@ class OptunaSweeper(OptunaSweeperImpl):
     def __init__(self, sampler: Any, pruner: Any, direction: Any, storage: str | None, study_name: str,
                  n_trials: int, n_jobs: int, max_failure_rate: float, retries: int, heartbeat_interval: int,
                  grace_period: int, report: bool, custom_search_space: str | None, params: DictConfig | None,
-                 timeout: float | None = None, enqueue: Any = None) -> None:
+                 timeout: float | None = None, time_budget: float | None = None, enqueue: Any = None) -> None:
         for key, ok, allowed in [
             ("n_trials", isinstance(n_trials, int) and n_trials >= 1, "an integer >= 1"),
             ("n_jobs", isinstance(n_jobs, int) and n_jobs >= 1, "an integer >= 1"),
             ("max_failure_rate", isinstance(max_failure_rate, (int, float)) and 0 <= max_failure_rate <= 1, "a number in [0, 1]"),
             ("retries", isinstance(retries, int) and retries >= 0, "an integer >= 0"),
             ("timeout", timeout is None or (isinstance(timeout, (int, float)) and timeout > 0), "null or seconds > 0"),
+            ("time_budget", time_budget is None or (isinstance(time_budget, (int, float)) and time_budget > 0),
+             "null or seconds > 0"),
             ("storage", isinstance(storage, str) and storage != "", "an RDB URL (sqlite:///..., postgresql://...) or journal:///path"),
         ]:
             if not ok:
@@ -183,7 +192,7 @@ class OptunaSweeper(OptunaSweeperImpl):
         self.pruner = instantiate(pruner, _execution_whitelist_=_PRUNER_TARGETS)
         self.retries, self.heartbeat_interval, self.grace_period = retries, heartbeat_interval, grace_period
         self.write_report = report
-        self.timeout = timeout
+        self.timeout, self.time_budget = timeout, time_budget
         self.enqueue = [OmegaConf.to_container(e, resolve=True) if isinstance(e, DictConfig) else dict(e) for e in enqueue or []]
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
@@ -343,6 +352,8 @@ class OptunaSweeper(OptunaSweeperImpl):
             trial = study.ask()
         if heartbeats(study._storage):
             study._storage.record_heartbeat(trial._trial_id)
+        if self.time_budget:
+            study._storage.set_trial_system_attr(trial._trial_id, DEADLINE_ATTR, self._budget_ends)
         overrides = self._configure_trials([trial], space, fixed, fixed_overrides)[0]
         return trial, tuple(overrides) + (f"sweep_trial={trial.number}",)
 
@@ -351,7 +362,8 @@ class OptunaSweeper(OptunaSweeperImpl):
         inflight: dict[Any, optuna.trial.Trial] = {}
         self._start_heartbeats(study, inflight)
         self.failures: list[str] = []
-        deadline = time.monotonic() + self.timeout if self.timeout else math.inf
+        deadline = time.monotonic() + min(self.timeout or math.inf, self.time_budget or math.inf)
+        self._budget_ends = time.time() + (self.time_budget or math.inf)  # wall clock: workers may be other machines
         while len(numbers) < self.n_trials or inflight:
             over_budget = len(self.failures) > self.max_failure_rate * self.n_trials or time.monotonic() > deadline
             batch = []
@@ -445,4 +457,7 @@ class OptunaSweeper(OptunaSweeperImpl):
                 f"error: {len(self.failures)} of {len(numbers)} trials failed, more than hydra.sweeper.max_failure_rate="
                 f"{self.max_failure_rate} of n_trials={self.n_trials} allows; first failure: {self.failures[0]}")
         if not complete:
+            if self.time_budget and any(t.state == TrialState.PRUNED for t in mine):
+                raise SystemExit(f"error: no trial completed within hydra.sweeper.time_budget={self.time_budget} seconds; "
+                                 "raise it or lower trainer.epochs")
             raise SystemExit("error: no trial completed; see the failures above")

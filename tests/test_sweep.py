@@ -57,6 +57,17 @@ def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path, launcher):
     assert f"pruning saved {saved} of 48 epochs" in result.stderr + result.stdout
 
 
+def test_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
+    # Trials far too long for the budget: each is stopped at an epoch end once the budget runs out.
+    result = sweep(tmp_path, "data=digits", "search=digits", "trainer.epochs=100000", "hydra.sweeper.n_trials=6",
+                   "hydra/sweeper/pruner=none", "hydra.sweeper.time_budget=10")
+    trials = load(tmp_path).trials
+    assert len(trials) == 2  # the first two workers' trials; nothing started after the budget
+    assert all(t.state == TrialState.PRUNED and 0 < len(t.intermediate_values) < 100000 for t in trials)
+    assert "stopped by hydra.sweeper.time_budget" in result.stderr + result.stdout
+    assert result.returncode != 0 and "time_budget=10" in result.stderr.strip().splitlines()[-1]
+
+
 def test_resume_adds_trials_without_replaying_configurations(tmp_path):
     args = [*FAST, "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0"]
     assert sweep(tmp_path, *args).returncode == 0
