@@ -88,7 +88,7 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         value = t.value if t.state == TrialState.COMPLETE else _best(t)
         rows.append({
             "trial": t.number, "state": t.state.name,
-            "reason": attrs.get("fail_reason", "") if t.state == TrialState.FAIL else "",
+            "reason": attrs.get({TrialState.FAIL: "fail_reason", TrialState.PRUNED: "stop_reason"}.get(t.state, ""), ""),
             **{n: t.params.get(n) for n in names},
             METRIC: value,
             "best_epoch": attrs.get("best_epoch", metrics.get("best_epoch")),

@@ -152,8 +152,10 @@ class TrialReporter:
         for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "status"):
             self.trial.set_user_attr(key, metrics[key])
         if metrics["status"] == "pruned":
-            why = "stopped by hydra.sweeper.time_budget" if self.out_of_time else "pruned"
-            raise optuna.TrialPruned(f"{why} after epoch {metrics['epochs_run']}")
+            if self.out_of_time:  # not the pruner's verdict: say so in the report
+                self.trial.set_user_attr("stop_reason", "stopped by hydra.sweeper.time_budget")
+                raise optuna.TrialPruned(f"stopped by hydra.sweeper.time_budget after epoch {metrics['epochs_run']}")
+            raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
 
 
 def _tell_once(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:

@@ -65,6 +65,8 @@ def test_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
     assert len(trials) == 2  # the first two workers' trials; nothing started after the budget
     assert all(t.state == TrialState.PRUNED and 0 < len(t.intermediate_values) < 100000 for t in trials)
     assert "stopped by hydra.sweeper.time_budget" in result.stderr + result.stdout
+    (out,) = sweep_dirs(tmp_path)
+    assert set(pd.read_csv(out / "report.csv")["reason"]) == {"stopped by hydra.sweeper.time_budget"}
     assert result.returncode != 0 and "time_budget=10" in result.stderr.strip().splitlines()[-1]
 
 
