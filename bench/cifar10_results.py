@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--budget-minutes", type=float, default=55,
                         help="the sweep's time budget: running trials stop at their next epoch end after it")
     parser.add_argument("--workdir", type=Path, default=Path("results/cifar10"))
+    parser.add_argument("--tutorial-only", action="store_true", help="time the tutorial config only; no sweep")
     args = parser.parse_args()
     workdir = args.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -48,6 +49,9 @@ def main() -> None:
 
     pipeline_epoch = statistics.median(tutorial_epochs(2, 2))
 
+    if args.tutorial_only:
+        print_tutorial(tutorial, tutorial_wall, pipeline_epoch)
+        return
     start = time.perf_counter()
     sweep = subprocess.run(
         [sys.executable, "-m", "sweep.train", "--multirun", "search=cifar10", *DATA, "hydra/sweeper/pruner=halving",
@@ -61,17 +65,21 @@ def main() -> None:
     best = study.best_trial
     states = [t.state.name for t in study.trials]
 
+    print_tutorial(tutorial, tutorial_wall, pipeline_epoch)
+    print(f"| sweep, search=cifar10, halving pruner (first rung at epoch 6) | **{best.value:.4f}** (trial {best.number}) | {sweep_wall / 60:.1f} min | "
+          f"{sum(len(t.intermediate_values) for t in study.trials)} in {len(states)} trials | "
+          f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, {states.count('FAIL')} failed |")
+    print(f"\nbest config: {json.dumps(best.params)}")
+    print(f"best run: {best.user_attrs.get('run_dir')}")
+
+
+def print_tutorial(tutorial: dict, tutorial_wall: float, pipeline_epoch: float) -> None:
     print("| run | val accuracy | wall-clock | epochs | notes |")
     print("|---|---|---|---|---|")
     print(f"| tutorial config, this harness (fp32) | {tutorial['val_accuracy']:.4f} | {tutorial_wall / 60:.1f} min "
           f"({tutorial['train_seconds']:.0f} s training) | {tutorial['epochs_run']} | |")
     print(f"| tutorial config, tutorial pipeline (timed 2 epochs, x25) | - | {50 * pipeline_epoch / 60:.1f} min | 50 | "
           f"harness takes {tutorial['train_seconds'] / (50 * pipeline_epoch):.3f} of its time |")
-    print(f"| sweep, search=cifar10, halving pruner (first rung at epoch 6) | **{best.value:.4f}** (trial {best.number}) | {sweep_wall / 60:.1f} min | "
-          f"{sum(len(t.intermediate_values) for t in study.trials)} in {len(states)} trials | "
-          f"{states.count('COMPLETE')} complete, {states.count('PRUNED')} pruned, {states.count('FAIL')} failed |")
-    print(f"\nbest config: {json.dumps(best.params)}")
-    print(f"best run: {best.user_attrs.get('run_dir')}")
 
 
 if __name__ == "__main__":
