@@ -157,7 +157,9 @@ def test_ctrl_c_marks_running_trials_failed_and_keeps_the_study_readable(tmp_pat
     sweep_proc = subprocess.Popen(
         [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", "data=digits",
          "search=digits", "trainer.epochs=300", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # As in a terminal: a runner started in the background (`cmd &` in a script) passes SIGINT down ignored.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("multirun/*/*/0/metrics.json")):
         assert time.monotonic() < deadline and sweep_proc.poll() is None
