@@ -79,7 +79,7 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             except STORAGE_ERRORS as e:
                 # Workers starting together on an empty database race to create Optuna's tables;
                 # the loser sees a duplicate-key error and finds the tables there on the next try.
-                if "duplicate key" not in str(e) and "already exists" not in str(e) or attempt == 4:
+                if ("duplicate key" not in str(e) and "already exists" not in str(e)) or attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
     except Exception as e:
@@ -152,10 +152,11 @@ class TrialReporter:
         for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "status"):
             self.trial.set_user_attr(key, metrics[key])
         if metrics["status"] == "pruned":
+            why = "pruned"
             if self.out_of_time:  # not the pruner's verdict: say so in the report
-                self.trial.set_user_attr("stop_reason", "stopped by hydra.sweeper.time_budget")
-                raise optuna.TrialPruned(f"stopped by hydra.sweeper.time_budget after epoch {metrics['epochs_run']}")
-            raise optuna.TrialPruned(f"pruned after epoch {metrics['epochs_run']}")
+                why = "stopped by hydra.sweeper.time_budget"
+                self.trial.set_user_attr("stop_reason", why)
+            raise optuna.TrialPruned(f"{why} after epoch {metrics['epochs_run']}")
 
 
 def _tell_once(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
