@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
-from sweep.config import UserError
+from sweep.errors import UserError
 
 log = logging.getLogger(__name__)
 

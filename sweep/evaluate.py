@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from sweep.config import UserError, resolve_device
+from sweep.device import resolve_device
+from sweep.errors import UserError
 from sweep.data import EVAL_BATCH, Loader, load_dataset
 from sweep.model import build_model
 
