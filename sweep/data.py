@@ -54,24 +54,42 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         decode = lambda: _imagefolder(sources)  # noqa: E731
     cache = _cache_path(cfg, sources)
     if cache.exists():
-        return _from_blob(torch.load(cache, weights_only=True))
+        try:
+            return _from_blob(torch.load(cache, weights_only=True))
+        except Exception as e:  # truncated, garbage, or another layout: decode again rather than fail every run
+            log.warning("data cache %s is damaged (%s); decoding the images again to rebuild it", cache, type(e).__name__)
     dataset = decode()
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}")
-    torch.save(_to_blob(dataset), tmp)
-    tmp.replace(cache)  # atomic: parallel trials never read a half-written cache
-    log.info("cached decoded %s at %s", cfg.name, cache)
+    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
+    try:
+        torch.save(_to_blob(dataset), tmp)
+        tmp.replace(cache)  # atomic: parallel trials never read a half-written cache, a killed decode leaves none
+        log.info("cached decoded %s at %s", cfg.name, cache)
+    except OSError as e:  # a full disk costs the next run a decode, not this run its result
+        log.warning("data cache %s not written: %s", cache, e)
+    finally:
+        tmp.unlink(missing_ok=True)
     return dataset
 
 
 def _cache_path(cfg: DictConfig, sources: dict[str, list[Path]]) -> Path:
     # Keyed on every source file's path, size and mtime: a changed, added or removed file invalidates it.
+    # (An edit that keeps both size and mtime goes unnoticed; delete the cache file after such an edit.)
     h = hashlib.sha256(f"{cfg.name}:{CACHE_VERSION}".encode())
     for split in sorted(sources):
         for p in sources[split]:
-            st = p.stat()
+            try:
+                st = p.stat()
+            except OSError as e:
+                what = "a broken link" if p.is_symlink() else f"unreadable ({e.strerror})"
+                raise UserError(f"data.root: {p} is {what}; fix or remove it") from None
             h.update(f"{split}:{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "sweep"
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise UserError(f"data.cache_dir={str(root)!r} is a file; expected a folder (or null for ~/.cache/sweep)") from None
+    except OSError as e:
+        raise UserError(f"data.cache_dir={str(root)!r} cannot be created: {e.strerror}") from None
     return root / f"{cfg.name}-{h.hexdigest()[:20]}.pt"
 
 
@@ -83,16 +101,29 @@ def _to_blob(d: Dataset) -> dict:
 
 
 def _from_blob(b: dict) -> Dataset:
-    test = Images(b["test_x"], b["test_y"]) if "test_x" in b else None
-    return Dataset(Images(b["train_x"], b["train_y"]), test, list(b["classes"]))
+    """The cached data set, checked: a cache is a file like any other, and may be damaged or foreign."""
+    def images(x, y) -> Images:
+        if not (isinstance(x, torch.Tensor) and isinstance(y, torch.Tensor) and x.dtype == torch.uint8
+                and x.dim() == 4 and y.dim() == 1 and len(x) == len(y) and len(y) > 0):
+            raise ValueError("unexpected tensors")
+        return Images(x, y.long())
+
+    classes = list(b["classes"])
+    if not all(isinstance(c, str) for c in classes):
+        raise ValueError("class names must be strings")
+    test = images(b["test_x"], b["test_y"]) if "test_x" in b else None
+    return Dataset(images(b["train_x"], b["train_y"]), test, classes)
+
+
+DIGITS = Path(__file__).with_name("digits.csv.gz")  # 1,797 rows of 64 pixels (0..16) and a label
 
 
 def _digits() -> Dataset:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    x = torch.from_numpy(np.round(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)  # [N, 1, 8, 8]
-    y = torch.from_numpy(digits.target).long()
+    """The UCI handwritten digits test set (E. Alpaydin, C. Kaynak, 1998; CC BY 4.0), as scikit-learn ships it:
+    bundled here, 57 KB, because importing scikit-learn to read it cost each worker 2 seconds."""
+    rows = np.loadtxt(DIGITS, delimiter=",", dtype=np.int64)
+    x = torch.from_numpy(np.round(rows[:, :64].reshape(-1, 8, 8) * (255 / 16)).astype(np.uint8)).unsqueeze(1)  # [N, 1, 8, 8]
+    y = torch.from_numpy(rows[:, 64]).long()
     test_idx = stratified_pick(y, round(DIGITS_TEST_FRACTION * len(y)), seed=0)
     is_test = torch.zeros(len(y), dtype=torch.bool)
     is_test[test_idx] = True
@@ -127,13 +158,39 @@ def _download_cifar10(root: Path) -> None:
         ) from None
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+class _ArraysOnly(pickle.Unpickler):
+    """CIFAR-10's python files are pickles of dicts, lists and numpy arrays. A pickle can run any code on load,
+    and data.root (or a checkpoint's config) may name any folder: this reader rebuilds arrays and nothing else."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer"), ("_codecs", "encode")}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it asks to load {module}.{name}, which a data file never needs")
+
+
+def _unpickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
-        return batch["data"], batch["labels"]
+            data = _ArraysOnly(f, encoding="latin1").load()
+        if not isinstance(data, dict):
+            raise ValueError("not a dict")
+        return data
     except Exception as e:
-        raise UserError(f"data.root: {path} is not a readable CIFAR-10 batch file ({type(e).__name__}: {e})") from None
+        raise UserError(f"data.root: {path} is not a CIFAR-10 python file ({type(e).__name__}: "
+                        f"{str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, list[int]]:
+    batch = _unpickle(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072 \
+            or not isinstance(labels, list) or len(labels) != len(data):
+        raise UserError(f"data.root: {path} is not a CIFAR-10 batch (expected uint8 data of N x 3072 and N labels)")
+    return data, labels
 
 
 def _cifar10(sources: dict[str, list[Path]]) -> Dataset:
@@ -143,8 +200,9 @@ def _cifar10(sources: dict[str, list[Path]]) -> Dataset:
         y = np.concatenate([labels for _, labels in parts])
         return Images(torch.from_numpy(x).contiguous(), torch.from_numpy(y).long())
 
-    with open(sources["meta"][0], "rb") as f:
-        classes = pickle.load(f, encoding="latin1")["label_names"]
+    classes = _unpickle(sources["meta"][0]).get("label_names")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise UserError(f"data.root: {sources['meta'][0]} has no list of label_names")
     return Dataset(read(sources["train"]), read(sources["test"]), list(classes))
 
 
@@ -174,9 +232,12 @@ def _decode(path: Path) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        return decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
     except Exception as e:
         raise UserError(f"data.root: cannot decode image {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+    if image.dtype == torch.uint16:  # 16-bit PNGs: keep the top 8 bits, as every viewer shows them
+        image = (image.to(torch.int32) >> 8).to(torch.uint8)
+    return image
 
 
 def _imagefolder(sources: dict[str, list[Path]]) -> Dataset:

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from sweep.device import resolve_device
-from sweep.errors import UserError
+from sweep.config import DEVICES, check_config
 from sweep.data import EVAL_BATCH, Loader, load_dataset
+from sweep.device import resolve_device
+from sweep.errors import UserError, first_line
 from sweep.model import build_model
 
 
@@ -48,10 +50,29 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def load_model(checkpoint: Path, device: torch.device):
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)  # tensors and plain data only: no code runs
-    cfg = OmegaConf.create(ckpt["config"])
-    model = build_model(cfg.model, tuple(ckpt["input_shape"]), len(ckpt["classes"]))
-    model.load_state_dict(ckpt["model"])
+    """The checkpoint's model and config. A checkpoint is data: loaded with weights_only (tensors and plain
+    values, no code), and its config checked like any config before anything it names is used."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(f"{checkpoint} is not a readable checkpoint ({first_line(e)})") from None
+    missing = [k for k in ("model", "config", "classes", "input_shape", "mean", "std", "epoch", "val_accuracy")
+               if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{checkpoint} is not a sweep.train checkpoint: it has no {missing[0]!r}")
+    try:
+        cfg = OmegaConf.create(ckpt["config"])
+        check_config(cfg)
+        classes, shape = list(ckpt["classes"]), tuple(int(d) for d in ckpt["input_shape"])
+    except UserError as e:
+        raise UserError(f"{checkpoint}: its config is invalid: {e}") from None
+    except Exception as e:
+        raise UserError(f"{checkpoint}: its config is unreadable ({first_line(e)})") from None
+    model = build_model(cfg.model, shape, len(classes))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except Exception as e:
+        raise UserError(f"{checkpoint}: its weights do not match its config ({first_line(e)})") from None
     return model.to(device).eval(), cfg, ckpt
 
 
@@ -61,6 +82,8 @@ def predict(model, loader: Loader) -> torch.Tensor:
 
 
 def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: str = "auto") -> dict:
+    if device not in DEVICES:
+        raise UserError(f"--device {device!r} is invalid: expected one of {', '.join(DEVICES)}")
     dev = resolve_device(device)
     model, cfg, ckpt = load_model(checkpoint, dev)
     dataset = load_dataset(cfg.data)
@@ -83,8 +106,12 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: str = "auto") -
         "best_epoch": ckpt["epoch"],
         "val_accuracy": ckpt["val_accuracy"],
     }
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file; expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "test_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp = out_dir / f".test_metrics.json.tmp{os.getpid()}"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    tmp.replace(out_dir / "test_metrics.json")
     plot_confusion(confusion, classes, metrics["test_accuracy"], out_dir / "confusion_matrix.png")
     return metrics
 
@@ -107,7 +134,9 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], accuracy: float,
     ax.set(title=f"Test confusion matrix (accuracy {accuracy:.4f})", xlabel="predicted class", ylabel="true class")
     fig.colorbar(im, ax=ax, label="share of the true class")
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    fig.savefig(tmp, dpi=90)
+    tmp.replace(path)
     plt.close(fig)
 
 
@@ -123,6 +152,9 @@ def cli(argv: list[str] | None = None) -> int:
         metrics = evaluate_checkpoint(checkpoint, args.out or checkpoint.parent, args.device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {first_line(e)}", file=sys.stderr)
         return 2
     print(f"test accuracy {metrics['test_accuracy']:.4f} on {metrics['test_images']} images "
           f"(val accuracy {metrics['val_accuracy']:.4f} at epoch {metrics['best_epoch']}); "

@@ -3,8 +3,9 @@ starts the moment any worker is free instead of when the slowest trial of a batc
 
 Each worker is a process of its own with a thread here that feeds it. A worker that dies (out of memory, kill -9)
 fails only its own trial, with the signal as the reason, and is replaced; the others go on. Workers die with the
-sweep: they ask the kernel to kill them when their parent goes, and watch for it themselves where that is missing.
-Ctrl-C belongs to the sweep, which then stops its workers, so workers ignore SIGINT.
+sweep: each holds the read end of a pipe whose only write end is the sweep's, and kills itself when that closes,
+which the kernel does however the sweep ends. Ctrl-C belongs to the sweep, which then stops its workers, so
+workers ignore SIGINT.
 """
 
 from __future__ import annotations
@@ -63,12 +64,15 @@ class PoolLauncher(Launcher):
         self._workers: dict[int, Any] = {}  # slot -> (process, connection)
         self._lock = threading.Lock()
         self._closing = False
+        self._ctx = None
+        self._lifeline = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         import cloudpickle
         from hydra.core.singleton import Singleton
 
         self.config = config
+        self._task_module = sys.modules.get(getattr(task_function, "__module__", ""), None)
         # Sent once to each worker, which unpickles it (importing the task's modules) before its first trial.
         self._payload = cloudpickle.dumps((hydra_context, config, task_function, Singleton.get_state(), self.threads))
 
@@ -106,6 +110,8 @@ class PoolLauncher(Launcher):
             self._jobs.put(None)
         with self._lock:
             workers = list(self._workers.values())
+        if kill and self._lifeline is not None:
+            self._lifeline[1].close()  # every worker ends itself at once
         for proc, conn in workers:
             if kill and proc.is_alive():
                 proc.kill()
@@ -116,17 +122,35 @@ class PoolLauncher(Launcher):
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        if self._lifeline is not None:
+            self._lifeline[1].close()
+            self._lifeline = None
         self._slots = []
 
     # ------------------------------------------------------------ the thread that feeds one worker
 
-    def _spawn(self, slot: int):
+    def _context(self):
         import multiprocessing as mp
 
-        # spawn, not fork: a forked copy of a process with threads (torch's, ours) can deadlock.
-        ctx = mp.get_context("spawn")
+        # Not fork: a forked copy of a process with threads (torch's, ours) can deadlock. A fork server starts
+        # clean, imports the task's module once, and forks each worker from there: one slow import, not n_jobs.
+        if "forkserver" not in mp.get_all_start_methods():
+            return mp.get_context("spawn")
+        ctx = mp.get_context("forkserver")
+        module = getattr(self._task_module, "__name__", None)
+        ctx.set_forkserver_preload([module] if module else [])  # "__main__" for a task defined in a script
+        return ctx
+
+    def _spawn(self, slot: int):
+        with self._lock:
+            if self._ctx is None:
+                self._ctx = self._context()
+            if self._lifeline is None:
+                self._lifeline = self._ctx.Pipe(duplex=False)  # (read end for the workers, write end kept here)
+        ctx = self._ctx
         here, there = ctx.Pipe()
-        proc = ctx.Process(target=_worker_main, args=(there, os.getpid()), name=f"sweep-worker-{slot}", daemon=False)
+        proc = ctx.Process(target=_worker_main, args=(there, self._lifeline[0]), name=f"sweep-worker-{slot}",
+                           daemon=False)
         proc.start()
         there.close()
         here.send_bytes(self._payload)
@@ -169,27 +193,27 @@ class PoolLauncher(Launcher):
 # ------------------------------------------------------------ the worker process
 
 
-def _die_with_parent(parent: int) -> None:
-    if sys.platform.startswith("linux"):
+def _die_with_sweep(lifeline) -> None:
+    """End this process when the sweep ends, however it ends: the lifeline's write end closes with the sweep."""
+    def watch() -> None:
+        try:
+            lifeline.poll(None)  # readable only at end of file: nobody writes to it
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="lifeline").start()
+    if sys.platform.startswith("linux"):  # and with the process that started it (a fork server, or the sweep)
         import ctypes
 
-        PR_SET_PDEATHSIG = 1
         try:
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
 
-    def watch() -> None:  # where prctl is missing, and for a parent that died before it was set
-        while os.getppid() == parent:
-            threading.Event().wait(1.0)
-        os._exit(1)
 
-    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
-
-
-def _worker_main(conn, parent: int) -> None:
+def _worker_main(conn, lifeline) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
-    _die_with_parent(parent)
+    _die_with_sweep(lifeline)
     import cloudpickle
 
     hydra_context, config, task_function, singleton_state, threads = cloudpickle.loads(conn.recv_bytes())

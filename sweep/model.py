@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
+
+from sweep.errors import UserError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh}
 
@@ -31,7 +35,27 @@ def build_model(cfg, input_shape: tuple[int, ...], num_classes: int) -> MLP:
     in_features = 1
     for d in input_shape:
         in_features *= d
-    return MLP(in_features, list(cfg.hidden_sizes), num_classes, cfg.activation, cfg.norm, cfg.dropout)
+    hidden = list(cfg.hidden_sizes)
+    widths = [in_features, *hidden, num_classes]
+    params = sum(a * b + b for a, b in zip(widths, widths[1:]))
+    # Weights, gradients and two optimizer buffers, in float32: say which setting is too big before allocating.
+    need, have = 16 * params, _memory_bytes()
+    if have and need > have:
+        raise UserError(f"model.hidden_sizes={hidden} makes {params:,} parameters, which need about "
+                        f"{need / 2**30:.1f} GiB to train; this machine has {have / 2**30:.1f} GiB; "
+                        "lower model.width or model.depth")
+    try:
+        return MLP(in_features, hidden, num_classes, cfg.activation, cfg.norm, cfg.dropout)
+    except RuntimeError as e:  # the allocator gave up anyway
+        raise UserError(f"model.hidden_sizes={hidden} does not fit in memory ({str(e).splitlines()[0]}); "
+                        "lower model.width or model.depth") from None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def count_parameters(model: nn.Module) -> int:

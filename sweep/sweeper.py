@@ -263,9 +263,9 @@ class SweepImpl(OptunaSweeperImpl):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(self.metric_names)
         self._fail_stale(study)
+        done_before = len(study.trials)
         for params in self.enqueue:  # known-good starting points; skipped when the study already has them
             study.enqueue_trial(params, skip_if_exists=True)
-        done_before = len(study.trials)
         seed = self.sampler_cfg.get("seed") if isinstance(self.sampler_cfg, DictConfig) else None
         if done_before and seed is not None and not is_grid:
             # A resumed study with a seeded sampler would otherwise replay the first run's configurations.

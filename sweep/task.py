@@ -117,7 +117,7 @@ def _pruner_name(pruner) -> str:
 
 def previous_run_dir(trial) -> Path | None:
     """The run directory of the trial that `trial` retries (its worker died), where its checkpoints are; else None."""
-    if isinstance(trial, LocalTrial):
+    if getattr(trial, "study", None) is None:  # a LocalTrial, or a stand-in of the app's own
         return None
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 

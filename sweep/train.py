@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import hydra
-import optuna
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -282,6 +281,8 @@ def main(cfg: DictConfig) -> float:
     for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "precision", "status"):
         trial.set_user_attr(key, metrics[key])
     if metrics["status"] == "pruned":
+        import optuna
+
         raise optuna.TrialPruned(f"after epoch {metrics['epochs_run']}")
     log.info("%s %.4f (best epoch %d of %d, %.1fs)", METRIC, metrics[METRIC], metrics["best_epoch"],
              metrics["epochs_run"], metrics["train_seconds"])

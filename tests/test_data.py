@@ -154,3 +154,67 @@ def test_batches_are_normalized_and_augmented_as_whole_tensors():
         assert match, f"crop {i} is not a window of its padded image"
         shifts.append(match[0])
     assert len(set(shifts)) > 5
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "wrong keys"])
+def test_a_damaged_cache_is_rebuilt_with_a_warning_naming_it(make_cfg, tmp_path, caplog, damage):
+    root = write_imagefolder(tmp_path / "imgs")
+    cfg = make_cfg("data=imagefolder", f"data.root={root}")
+    first = load_dataset(cfg.data)
+    (cache,) = (tmp_path / "cache").glob("*.pt")
+    if damage == "truncated":
+        cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    elif damage == "garbage":
+        cache.write_bytes(os.urandom(4096))
+    else:
+        torch.save({"train_x": torch.zeros(3), "classes": ["a"]}, cache)
+    again = load_dataset(cfg.data)
+    assert torch.equal(again.train.x, first.train.x)
+    assert str(cache) in caplog.text and "damaged" in caplog.text
+    assert torch.equal(load_dataset(cfg.data).train.x, first.train.x)  # the rebuilt cache reads cleanly
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".tmp" in p.name]  # no half-written files left
+
+
+def test_cache_dir_that_is_a_file_is_named(make_cfg, tmp_path):
+    root = write_imagefolder(tmp_path / "imgs")
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="data.cache_dir=.*is a file"):
+        load_dataset(make_cfg("data=imagefolder", f"data.root={root}", f"data.cache_dir={tmp_path / 'afile'}").data)
+
+
+def test_a_dangling_link_in_an_image_folder_is_named(make_cfg, tmp_path):
+    root = write_imagefolder(tmp_path / "imgs")
+    (root / "train" / "cat" / "ghost.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(UserError, match="ghost.png is a broken link"):
+        load_dataset(make_cfg("data=imagefolder", f"data.root={root}").data)
+
+
+def test_sixteen_bit_pngs_decode_to_eight_bits(make_cfg, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = write_imagefolder(tmp_path / "imgs")
+    deep = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 16-bit grey
+    Image.fromarray(deep).save(root / "train" / "dog" / "deep.png")
+    ds = load_dataset(make_cfg("data=imagefolder", f"data.root={root}").data)
+    assert ds.train.x.dtype == torch.uint8 and len(ds.train.y) == 37
+    idx = sorted(p.name for p in (root / "train" / "dog").iterdir()).index("deep.png") + 12  # cats come first
+    assert ds.train.x[idx, 0].flatten().tolist() == [(v * 1024) >> 8 for v in range(64)]
+
+
+def test_cifar_files_are_read_without_running_what_a_pickle_asks_for(make_cfg, tmp_path):
+    """A data root can be named by a checkpoint or a config: its pickles may carry code. None of it runs."""
+    import pickle
+
+    root = write_cifar10(tmp_path / "c10")
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with open(root / "cifar-10-batches-py" / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["a"] * 10, "x": Payload()}, f)
+    with pytest.raises(UserError, match="batches.meta is not a CIFAR-10 python file.*posix.system|system"):
+        load_dataset(make_cfg(f"data.root={root}", "data.download=false").data)
+    assert not marker.exists()

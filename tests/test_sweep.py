@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import train_cli
+from conftest import start_cli, train_cli, wait_for
 
 FAST = ["data=digits", "search=digits", "trainer.epochs=3", "hydra/sweeper/pruner=none"]
 
@@ -40,7 +40,15 @@ def test_sweep_records_every_trial_and_reports_it(tmp_path):
     (out,) = sweep_dirs(tmp_path)
     assert "best_value" in (out / "optimization_results.yaml").read_text()
     assert len(pd.read_csv(out / "report.csv")) == 4
-    assert re.search(r"4 trial\(s\): 4 complete, 0 pruned, 0 failed", result.stderr + result.stdout)
+    log = result.stderr + result.stdout
+    assert re.search(r"4 trial\(s\): 4 complete, 0 pruned, 0 failed; pruning saved 0 of 12 steps", log)
+    # One progress line per finished trial, and the index Hydra-style lines print is the trial number.
+    assert [int(m) for m in re.findall(r"\[(\d)/4\] trial \d complete", log)] == [1, 2, 3, 4]
+    assert sorted(int(m) for m in re.findall(r"#(\d+) : ", log)) == [t.number for t in study.trials]
+    assert sorted(p.name for p in out.iterdir() if p.name.isdigit()) == ["0", "1", "2", "3"]
+    # Workers keep their epochs to their runs' logs: the terminal shows the sweep, not four interleaved trainings.
+    assert "epoch 1/3" not in log
+    assert all("epoch 3/3" in (out / n / "train.log").read_text() for n in "0123")
 
 
 @pytest.mark.parametrize("launcher", ["pool", "basic"])  # worker processes, and in-process
@@ -54,7 +62,12 @@ def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path, launcher):
     assert pruned, "an aggressive median pruner should stop some of 8 random trials"
     assert all(len(t.intermediate_values) < 6 for t in pruned)
     saved = sum(6 - len(t.intermediate_values) for t in pruned)
-    assert f"pruning saved {saved} of 48 epochs" in result.stderr + result.stdout
+    assert f"pruning saved {saved} of 48 steps" in result.stderr + result.stdout
+    reasons = {t.number: t.user_attrs["stop_reason"] for t in pruned}
+    assert all(r == f"pruned at step {len(t.intermediate_values)} by median"
+               for t in pruned for r in [reasons[t.number]])
+    report = pd.read_csv(sweep_dirs(tmp_path)[0] / "report.csv")
+    assert set(report.loc[report["state"] == "PRUNED", "reason"]) == set(reasons.values())
 
 
 def test_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
@@ -126,6 +139,22 @@ def test_bad_search_space_fails_before_any_training(tmp_path):
     assert not list(tmp_path.glob("multirun/studies/*.db"))  # not even a study was created
 
 
+@pytest.mark.parametrize("setting, fragment", [
+    ("hydra.sweeper.direction=sideways", "hydra.sweeper.direction='sideways' is invalid"),
+    ("hydra.sweeper.storage=sqlite://", "in-memory SQLite database"),
+    ("hydra.sweeper.storage=postgresql://u@h:notaport/db", "hydra.sweeper.storage='postgresql://u@h:notaport/db' is not a storage URL"),
+    ("hydra.sweeper.study_name='a?b'", "may not hold '?'"),
+    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is invalid"),
+    ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 is invalid"),
+    ("hydra/sweeper/sampler=motpe", "hydra/sweeper/sampler"),
+])
+def test_bad_sweeper_settings_are_one_line(tmp_path, setting, fragment):
+    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1", setting)
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and fragment in last, last
+
+
 def test_second_sweep_on_one_sqlite_file_is_refused(tmp_path):
     import fcntl
 
@@ -148,26 +177,21 @@ def test_journal_storage_and_command_line_search_space(tmp_path):
     assert len(study.trials) == 2 and all(1e-2 <= t.params["optimizer.lr"] <= 2e-2 for t in study.trials)
 
 
-def test_ctrl_c_marks_running_trials_failed_and_keeps_the_study_readable(tmp_path):
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_sweep_marks_its_trials_failed_and_keeps_the_study_readable(tmp_path, how):
     import signal
-    import subprocess
-    import sys
-    import time
 
-    sweep_proc = subprocess.Popen(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", "data=digits",
-         "search=digits", "trainer.epochs=300", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none"],
-        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        # As in a terminal: a runner started in the background (`cmd &` in a script) passes SIGINT down ignored.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    deadline = time.monotonic() + 120
-    while not list(tmp_path.glob("multirun/*/*/0/metrics.json")):
-        assert time.monotonic() < deadline and sweep_proc.poll() is None
-        time.sleep(0.2)
-    os.killpg(sweep_proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole process group
-    _, err = sweep_proc.communicate(timeout=120)
-    assert sweep_proc.returncode != 0
-    assert "error: sweep interrupted; rerun the same command to resume the study" in err.splitlines()
+    proc = start_cli("sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", "data=digits",
+                     "search=digits", "trainer.epochs=100000", "hydra.sweeper.n_trials=4", "hydra/sweeper/pruner=none",
+                     cwd=tmp_path)
+    wait_for(lambda: list(tmp_path.glob("multirun/*/*/[01]/metrics.json")), "a trial's first epoch", process=proc)
+    if how == "ctrl-c":
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends to the whole process group
+    else:
+        proc.terminate()  # `kill PID`: the sweep process alone
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == "error: sweep interrupted; rerun the same command to resume the study"
     trials = load(tmp_path).trials
     assert trials and all(t.state == TrialState.FAIL and t.user_attrs["fail_reason"] == "sweep interrupted" for t in trials)
     assert (sweep_dirs(tmp_path)[0] / "report.html").exists()

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error, train_cli, write_cifar10, write_imagefolder
-from sweep.train import METRIC, lr_factor, train
+from conftest import Recorder, assert_one_line_error, train_cli, write_cifar10, write_imagefolder
+from sweep.train import LAST, METRIC, lr_factor, train
 
 
 def _run_dir(cwd: Path) -> Path:
@@ -42,16 +42,68 @@ def test_same_seed_same_accuracy_on_cpu(make_cfg, tmp_path):
     assert c[METRIC] != a[METRIC] or c["final_val_accuracy"] != a["final_val_accuracy"]
 
 
-def test_on_epoch_can_stop_a_run_as_pruned(make_cfg, tmp_path):
-    seen = []
-    metrics = train(make_cfg("data=digits", "trainer.epochs=5"), tmp_path, lambda e, acc: seen.append((e, acc)) or e == 2)
-    assert [e for e, _ in seen] == [1, 2]
+def test_the_trial_hears_every_epoch_and_can_stop_the_run_as_pruned(make_cfg, tmp_path):
+    trial = Recorder(prune_at=2)
+    metrics = train(make_cfg("data=digits", "trainer.epochs=5"), tmp_path, trial)
+    assert [step for step, _ in trial.reports] == [1, 2]
+    assert trial.reports[-1][1] == metrics["final_val_accuracy"]
     assert metrics["status"] == "pruned" and metrics["epochs_run"] == 2
+    assert not (tmp_path / LAST).exists()  # an ended run leaves nothing to resume
 
 
 def test_a_prune_answer_after_the_last_epoch_leaves_the_run_complete(make_cfg, tmp_path):
-    metrics = train(make_cfg("data=digits", "trainer.epochs=2"), tmp_path, lambda e, acc: e == 2)
+    metrics = train(make_cfg("data=digits", "trainer.epochs=2"), tmp_path, Recorder(prune_at=2))
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 2
+
+
+def test_a_run_killed_after_epoch_k_resumes_to_the_same_result(make_cfg, tmp_path):
+    cfg = make_cfg("data=digits", "trainer.epochs=5", "model.norm=batch", "model.dropout=0.2", "data.flip=true",
+                   "data.crop_padding=1", "trainer.schedule=onecycle", "optimizer=adamw", "trainer.device=cpu")
+    whole = train(cfg, tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):  # dies right after epoch 2's state was saved
+        train(cfg, tmp_path / "broken", Recorder(crash_at=2))
+    assert (tmp_path / "broken" / LAST).exists()
+    again = Recorder()
+    resumed = train(cfg, tmp_path / "broken", again)
+    assert [step for step, _ in again.reports] == [1, 2, 3, 4, 5]  # the history, then the new epochs
+    for key in (METRIC, "final_val_accuracy", "best_epoch", "epochs_run", "status"):
+        assert resumed[key] == whole[key], key
+    assert (tmp_path / "whole" / "history.csv").read_text().splitlines()[-1].split(",")[:6] == \
+           (tmp_path / "broken" / "history.csv").read_text().splitlines()[-1].split(",")[:6]
+
+
+def test_a_foreign_or_damaged_last_checkpoint_is_not_trusted(make_cfg, tmp_path, caplog):
+    cfg = make_cfg("data=digits", "trainer.epochs=3")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, Recorder(crash_at=1))
+    other = make_cfg("data=digits", "trainer.epochs=3", "optimizer.lr=0.5")
+    assert train(other, tmp_path)["epochs_run"] == 3
+    assert "different config" in caplog.text  # started over instead of resuming another config's state
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path, Recorder(crash_at=1))
+    data = (tmp_path / LAST).read_bytes()
+    (tmp_path / LAST).write_bytes(data[: len(data) // 2])  # a torn write
+    assert train(cfg, tmp_path)["epochs_run"] == 3
+    assert "not a readable checkpoint" in caplog.text
+
+
+def test_precision_auto_records_what_it_chose(make_cfg, tmp_path):
+    from sweep.device import bf16_native
+
+    metrics = train(make_cfg("data=digits", "trainer.epochs=1", "trainer.device=cpu"), tmp_path)
+    expected = "bf16" if bf16_native(torch.device("cpu"), tmp_path / "cache") else "fp32"
+    assert metrics["precision"] == expected
+    assert json.loads((tmp_path / "metrics.json").read_text())["precision"] == expected
+
+
+def test_forced_bf16_without_native_support_warns_once(make_cfg, tmp_path, caplog, monkeypatch):
+    import sweep.device
+
+    monkeypatch.setattr(sweep.device, "bf16_native", lambda device, cache_dir=None: False)
+    metrics = train(make_cfg("data=digits", "trainer.epochs=1", "trainer.precision=bf16"), tmp_path)
+    assert metrics["precision"] == "bf16"
+    warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]
+    assert len(warnings) == 1 and "trainer.precision=auto" in warnings[0].getMessage()
 
 
 def test_checkpoint_holds_weights_and_config_only(make_cfg, tmp_path):
@@ -82,6 +134,8 @@ def test_divergence_stops_the_run_with_status_diverged(tmp_path):
     (["data.batch_size=-4"], ["data.batch_size", "> 0"]),
     (["data.val_size=1438"], ["data.val_size", "has 1438"]),
     (["trainer.device=tpu"], ["trainer.device", "cpu"]),
+    (["data.split_seed=abc"], ["data.split_seed", "integer"]),
+    (["model.width=999999999"], ["model.hidden_sizes", "GiB", "model.width"]),
 ])
 def test_bad_input_on_the_command_line(tmp_path, args, fragments):
     assert_one_line_error(train_cli("data=digits", "trainer.epochs=1", *args, cwd=tmp_path), *fragments)

@@ -1,0 +1,17 @@
+"""Two objectives at once (Binh and Korn): the sweep keeps the Pareto front of trade-offs.
+
+    python examples/multi_objective.py --multirun
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+
+@hydra.main(config_path="conf", config_name="multi_objective")
+def binh_and_korn(cfg: DictConfig) -> tuple[float, float]:
+    x, y = cfg.x, cfg.y
+    return 4 * x**2 + 4 * y**2, (x - 5) ** 2 + (y - 5) ** 2
+
+
+if __name__ == "__main__":
+    binh_and_korn()
