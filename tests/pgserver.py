@@ -31,7 +31,9 @@ class Postgres:
     base: Path = field(repr=False)
 
     def start(self) -> None:
-        subprocess.run([*self._ctl, *self._start, "start"], check=True, capture_output=True)
+        # The server outlives single tests (one per test module): it does not carry the tests' process mark.
+        quiet = {k: v for k, v in os.environ.items() if k != "SWEEP_TEST_PROCESS"}
+        subprocess.run([*self._ctl, *self._start, "start"], check=True, capture_output=True, env=quiet)
 
     def stop(self, mode: str = "fast") -> None:
         subprocess.run([*self._ctl, "-m", mode, "stop"], check=True, capture_output=True)

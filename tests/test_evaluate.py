@@ -65,3 +65,77 @@ def test_sweep_directory_evaluates_its_best_trial(tmp_path):
     metrics = json.loads((tmp_path / "final" / "test_metrics.json").read_text())
     best = max(json.loads(p.read_text())[METRIC] for p in sweep_dir.glob("*/metrics.json"))
     assert metrics["val_accuracy"] == best
+
+
+@pytest.fixture
+def checkpoint(make_cfg, tmp_path):
+    train(make_cfg("data=digits", "trainer.epochs=2", "trainer.save_checkpoint=true"), tmp_path / "run")
+    return tmp_path / "run" / "best.pt"
+
+
+def _evaluate(capsys, *args) -> tuple[int, str]:
+    from sweep.evaluate import cli
+
+    code = cli([str(a) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) <= 1, err
+    return code, err[0] if err else ""
+
+
+def test_a_checkpoint_is_data_nothing_it_names_is_unpickled(checkpoint, tmp_path, capsys):
+    """A best.pt whose config points CIFAR-10's reader at a folder of hostile pickles: no code runs."""
+    import os
+    import pickle
+
+    hostile = tmp_path / "hostile" / "cifar-10-batches-py"
+    hostile.mkdir(parents=True)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    for name in ["batches.meta", "test_batch"] + [f"data_batch_{i}" for i in range(1, 6)]:
+        with open(hostile / name, "wb") as f:
+            pickle.dump({"data": Payload(), "labels": [0], "label_names": ["a"] * 10}, f)
+    ckpt = torch.load(checkpoint, weights_only=True)
+    ckpt["config"]["data"] = {**ckpt["config"]["data"], "name": "cifar10", "root": str(tmp_path / "hostile"),
+                              "download": False}
+    torch.save(ckpt, checkpoint)
+    code, err = _evaluate(capsys, checkpoint.parent)
+    assert code == 2 and err.startswith("error: data.root: ") and "not a CIFAR-10 python file" in err
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("truncated", "is not a readable checkpoint"),
+    ("no config", "has no 'config'"),
+    ("wrong weights", "its weights do not match its config"),
+    ("bad config", "its config is invalid: model.depth"),
+])
+def test_damaged_checkpoints_are_one_line(checkpoint, capsys, damage, fragment):
+    if damage == "truncated":
+        data = checkpoint.read_bytes()
+        checkpoint.write_bytes(data[: len(data) // 2])
+    else:
+        ckpt = torch.load(checkpoint, weights_only=True)
+        if damage == "no config":
+            del ckpt["config"]
+        elif damage == "wrong weights":
+            ckpt["config"]["model"]["hidden_sizes"] = [7]
+            ckpt["config"]["model"]["width"] = 7
+        else:
+            ckpt["config"]["model"]["depth"] = 0
+        torch.save(ckpt, checkpoint)
+    code, err = _evaluate(capsys, checkpoint.parent)
+    assert code == 2 and err.startswith("error: ") and fragment in err, err
+
+
+def test_bad_device_and_moved_database_are_one_line(checkpoint, tmp_path, capsys):
+    code, err = _evaluate(capsys, checkpoint.parent, "--device", "foo")
+    assert code == 2 and "--device 'foo' is invalid" in err
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "study.json").write_text('{"storage": "sqlite:////moved/away.db", "study_name": "x"}')
+    code, err = _evaluate(capsys, sweep_dir)
+    assert code == 2 and "no such file /moved/away.db" in err

@@ -13,6 +13,8 @@ from conftest import run_cli, train_cli
 from sweep import report
 from sweep.train import METRIC
 
+PLOTS = ["best_so_far.png", "learning_curves.png", "params.png", "importance.png", "cost.png"]
+
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> Path:
@@ -31,28 +33,31 @@ def _study(sweep_dir: Path) -> optuna.Study:
     return report.study_of_sweep_dir(sweep_dir)
 
 
-def test_metric_name_is_the_trainers():
-    assert report.METRIC == METRIC
+def test_the_study_names_its_metric_as_the_trainer_does(swept):
+    study = _study(swept)
+    assert study.metric_names == [METRIC] and report.objectives(study) == [(METRIC, True)]
 
 
 def test_table_has_a_row_per_trial_best_first(swept):
     table = pd.read_csv(swept / "report.csv")
     trials = _study(swept).trials
     assert sorted(table["trial"]) == [t.number for t in trials]
-    for col in ["trial", "state", "reason", "optimizer.lr", "model.width", METRIC, "best_epoch", "epochs_run",
-                "train_seconds", "param_count", "run_dir"]:
+    for col in ["trial", "state", "reason", "optimizer.lr", "model.width", METRIC, "steps", "seconds",
+                "best_epoch", "epochs_run", "train_seconds", "param_count", "precision", "run_dir"]:
         assert col in table.columns
     values = table[METRIC].dropna().tolist()
     assert values == sorted(values, reverse=True)
     assert set(table["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
     failed = table[table["state"] == "FAIL"]
     assert (failed["reason"].str.contains("diverged")).all()
+    pruned = table[table["state"] == "PRUNED"]
+    assert (pruned["reason"].str.match(r"pruned at step \d+ by median")).all()
     md = (swept / "report.md").read_text().splitlines()
     assert md[0].startswith("| trial | state |") and len(md) == len(trials) + 2
 
 
 def test_plots_are_real_images(swept):
-    for name in report.PLOTS:
+    for name in PLOTS:
         image = Image.open(swept / name)
         assert image.size[0] > 300 and image.size[1] > 200
         colours = image.convert("RGB").getcolors(maxcolors=1 << 20)
@@ -61,8 +66,8 @@ def test_plots_are_real_images(swept):
 
 def test_html_embeds_every_plot_and_the_table(swept):
     page = (swept / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == len(report.PLOTS)
-    for name in report.PLOTS:
+    assert page.count("data:image/png;base64,") == len(PLOTS)
+    for name in PLOTS:
         assert name in page
     assert '<table' in page and 'id="runs"' in page
 
@@ -90,22 +95,21 @@ def test_comparing_two_sweeps(swept, tmp_path):
     result = run_cli("sweep.report", str(swept), str(swept), "--out", str(tmp_path / "cmp"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(tmp_path / "cmp" / "comparison.csv")
-    assert len(table) == 2 and set(table.columns) >= {"sweep", f"best {METRIC}", "trials", "total_epochs", "wall_minutes"}
+    assert len(table) == 2 and set(table.columns) >= {"sweep", f"best {METRIC}", "trials", "total_steps", "wall_minutes"}
     assert (tmp_path / "cmp" / "best_so_far.png").exists()
 
 
-def test_running_trials_and_missing_run_files_are_handled(swept, tmp_path):
+def test_a_running_trial_shows_its_best_report_so_far(swept, tmp_path):
     db = next(swept.parents[1].glob("studies/*.db"))
     copy = tmp_path / "copy.db"
     shutil.copy(db, copy)
     study = optuna.load_study(study_name="digits", storage=f"sqlite:///{copy}")
     running = study.ask()
     running.report(0.5, 1)
-    running.set_user_attr("run_dir", str(tmp_path / "gone"))
-    with pytest.warns(UserWarning, match="gone"):
-        table = report.write_report(report.open_study(f"sqlite:///{copy}", "digits"), tmp_path / "out")
+    running.report(0.25, 2)
+    table = report.write_report(report.open_study(f"sqlite:///{copy}", "digits"), tmp_path / "out")
     row = table[table["trial"] == running.number].iloc[0]
-    assert row["state"] == "RUNNING" and row[METRIC] == 0.5
+    assert row["state"] == "RUNNING" and row[METRIC] == 0.5 and row["steps"] == 2
 
 
 def test_a_sweep_with_no_completed_trial_still_gets_its_report(tmp_path):
@@ -116,18 +120,55 @@ def test_a_sweep_with_no_completed_trial_still_gets_its_report(tmp_path):
     study.ask().report(0.3, 1)  # still running
     table = report.write_report(study, tmp_path / "out")
     assert table["state"].tolist() == ["RUNNING", "FAIL"] and table["reason"].tolist()[1].startswith("Diverged")
-    assert all((tmp_path / "out" / name).exists() for name in report.PLOTS)
+    written = {p.name for p in (tmp_path / "out").glob("*.png")}
+    assert written == {"best_so_far.png", "params.png", "importance.png", "cost.png"}  # no finished curves to draw
 
 
 @pytest.mark.parametrize("args, fragment", [
     (["/no/such/sweep"], "not a directory"),
-    (["--storage", "sqlite:////no/such.db", "--study", "x"], "does not exist"),
+    (["--storage", "sqlite:////no/such.db", "--study", "x"], "--storage=sqlite:////no/such.db: no such file"),
     ([], "give a sweep directory"),
 ])
 def test_bad_report_input(tmp_path, args, fragment):
     result = run_cli("sweep.report", *args, cwd=tmp_path)
-    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.returncode == 2 and "Traceback" not in result.stderr
     assert fragment in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("study.json garbage", "study.json is damaged"),
+    ("study.json incomplete", "study.json is damaged"),
+    ("study.json in memory", "kept in memory"),
+    ("out is a file", "--out"),
+    ("missing journal", "--storage=journal:"),
+    ("empty database", "is not an Optuna study storage"),
+    ("text file as database", "is not an Optuna study storage"),
+])
+def test_damaged_or_wrong_inputs_are_one_line_with_exit_code_2(tmp_path, capsys, case, fragment):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    args = [str(sweep_dir)]
+    if case == "study.json garbage":
+        (sweep_dir / "study.json").write_text("{not json")
+    elif case == "study.json incomplete":
+        (sweep_dir / "study.json").write_text('{"storage": "sqlite:///x.db"}')
+    elif case == "study.json in memory":
+        (sweep_dir / "study.json").write_text('{"storage": null, "study_name": "s"}')
+    elif case == "out is a file":
+        optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}").optimize(lambda t: 1.0, n_trials=1)
+        (tmp_path / "afile").write_text("x")
+        args = ["--storage", f"sqlite:///{tmp_path / 's.db'}", "--study", "s", "--out", str(tmp_path / "afile")]
+    elif case == "missing journal":
+        args = ["--storage", f"journal:///{tmp_path / 'none.log'}", "--study", "s"]
+    elif case == "empty database":
+        (tmp_path / "empty.db").write_bytes(b"")
+        args = ["--storage", f"sqlite:///{tmp_path / 'empty.db'}", "--study", "s"]
+    else:
+        (tmp_path / "notes.db").write_text("just some notes\n" * 100)
+        args = ["--storage", f"sqlite:///{tmp_path / 'notes.db'}", "--study", "s"]
+    assert report.cli(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
 
 
 def test_empty_study_is_a_clear_error(tmp_path):
@@ -159,6 +200,6 @@ def test_report_renders_in_a_browser(swept, tmp_path):
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", probe.as_uri()],
         capture_output=True, text=True, timeout=120)
-    n = len(report.PLOTS)
+    n = len(PLOTS)
     rows = len(_study(swept).trials)
     assert f"<title>images {n}/{n} table visible rows {rows}</title>" in result.stdout, result.stdout[-500:] + result.stderr[-1500:]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +12,7 @@ import pytest
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from conftest import run_cli, train_cli
+from conftest import run_cli, start_cli, train_cli, wait_for
 from pgserver import Postgres, bindir, start_postgres
 
 BASE = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "hydra.sweeper.n_jobs=1"]
@@ -45,11 +42,8 @@ def _trials_so_far(pg: Postgres, name: str) -> list:
 
 
 def _worker(cwd: Path, pg: Postgres, name: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={cwd / 'cache'}", *args,
-         f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}"],
-        cwd=cwd, env={**os.environ, **pg.env, "PYTHONWARNINGS": "ignore"}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return start_cli("sweep.train", "--multirun", f"data.cache_dir={cwd / 'cache'}", *args,
+                     f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}", cwd=cwd, env=pg.env)
 
 
 def test_concurrent_workers_land_every_trial_once(postgres, tmp_path):
@@ -66,42 +60,43 @@ def test_concurrent_workers_land_every_trial_once(postgres, tmp_path):
 
 
 def test_killed_worker_loses_nothing_and_its_trial_is_retried(postgres, tmp_path):
-    # Trial 0 is short and finishes; trial 1 is long and is running when the worker is killed.
-    args = [*BASE, "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "trainer.epochs=choice(2,500)",
-            "hydra.sweeper.enqueue=[{trainer.epochs:2},{trainer.epochs:500}]"]
+    # Trial 0 is short and finishes; trial 1 never would, and is running when its sweep is killed.
+    args = [*BASE, "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "trainer.epochs=choice(2,100000)",
+            "hydra.sweeper.enqueue=[{trainer.epochs:2},{trainer.epochs:100000}]"]
     worker = _worker(tmp_path, postgres, "crash", *args)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
+
+    def second_trial_training():
         trials = _trials_so_far(postgres, "crash")
-        if len(trials) == 2 and trials[1].state == TrialState.RUNNING and trials[1].intermediate_values:
-            break
-        assert worker.poll() is None, worker.communicate()[1]
-        time.sleep(0.2)
+        return len(trials) == 2 and trials[1].state == TrialState.RUNNING and len(trials[1].intermediate_values) >= 2
+
+    wait_for(second_trial_training, "trial 1 to train", process=worker)
     os.killpg(worker.pid, signal.SIGKILL)
-    worker.wait()
+    worker.communicate()
     assert _study(postgres, "crash").trials[1].state == TrialState.RUNNING  # nobody has noticed yet
 
+    # The next worker finds it silent, fails it with the reason and retries it: the retry resumes from the dead
+    # run's last epoch, and the time budget stops it (it would never finish).
     result = train_cli("--multirun", *BASE, "hydra.sweeper.n_trials=1", "hydra.sweeper.heartbeat_interval=1",
-                       "hydra.sweeper.grace_period=2", "hydra.sweeper.retries=1", "trainer.epochs=choice(2,500)",
-                       f"hydra.sweeper.storage={postgres.url}", "hydra.sweeper.study_name=crash", cwd=tmp_path,
-                       env=postgres.env)
-    assert result.returncode == 0, result.stderr
+                       "hydra.sweeper.grace_period=1", "hydra.sweeper.retries=1", "hydra.sweeper.time_budget=2",
+                       "trainer.epochs=choice(2,100000)", f"hydra.sweeper.storage={postgres.url}",
+                       "hydra.sweeper.study_name=crash", cwd=tmp_path, env=postgres.env)
+    assert result.returncode == 0, result.stderr  # trial 0 completed, so the study has a best
     trials = _study(postgres, "crash").trials
     assert trials[0].state == TrialState.COMPLETE  # finished before the kill: kept
-    assert trials[1].state == TrialState.FAIL  # the dead worker's trial, found by its stale heartbeat
+    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["fail_reason"] == "worker stopped sending heartbeats"
     retried = [t for t in trials if RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == 1]
-    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
-    assert retried[0].params == trials[1].params
+    assert len(retried) == 1 and retried[0].params == trials[1].params
+    assert retried[0].state == TrialState.PRUNED
+    assert len(retried[0].intermediate_values) > len(trials[1].intermediate_values)
+    assert "resumed after epoch" in (Path(retried[0].user_attrs["run_dir"]) / "train.log").read_text()
     result = run_cli("sweep.report", "--storage", postgres.url, "--study", "crash", cwd=tmp_path, env=postgres.env)
     assert result.returncode == 0, result.stderr
 
 
 def test_database_going_away_is_a_clear_error_and_the_sweep_resumes(postgres, tmp_path):
-    worker = _worker(tmp_path, postgres, "outage", *BASE, "hydra.sweeper.n_trials=3", "trainer.epochs=800")
-    deadline = time.monotonic() + 120
-    while not [t for t in _trials_so_far(postgres, "outage") if t.intermediate_values]:
-        assert time.monotonic() < deadline and worker.poll() is None
-        time.sleep(0.2)
+    worker = _worker(tmp_path, postgres, "outage", *BASE, "hydra.sweeper.n_trials=3", "trainer.epochs=100000")
+    wait_for(lambda: [t for t in _trials_so_far(postgres, "outage") if t.intermediate_values], "a trial to train",
+             process=worker)
     postgres.stop()
     try:
         _, err = worker.communicate(timeout=120)
@@ -119,10 +114,20 @@ def test_database_going_away_is_a_clear_error_and_the_sweep_resumes(postgres, tm
 
 def test_password_never_reaches_logs_reports_or_saved_configs(postgres, tmp_path):
     url = postgres.url.replace("sweep@", "sweep:${oc.env:SWEEP_DB_PASSWORD}@")
+    secret = {"SWEEP_DB_PASSWORD": postgres.password}
     result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={url}",
-                       "hydra.sweeper.study_name=secret", cwd=tmp_path, env={"SWEEP_DB_PASSWORD": postgres.password})
+                       "hydra.sweeper.study_name=secret", "trainer.save_checkpoint=true", cwd=tmp_path, env=secret)
     assert result.returncode == 0, result.stderr
     assert postgres.password not in result.stdout + result.stderr
+    (sweep_dir,) = [p.parent for p in tmp_path.glob("multirun/*/*/study.json")]
+    assert "${oc.env:SWEEP_DB_PASSWORD}" in (sweep_dir / "study.json").read_text()
+    # The README's recipe works end to end: the report and the evaluation reconnect from the sweep directory.
+    reported = run_cli("sweep.report", str(sweep_dir), cwd=tmp_path, env=secret)
+    assert reported.returncode == 0, reported.stderr
+    evaluated = run_cli("sweep.evaluate", str(sweep_dir), cwd=tmp_path, env=secret)
+    assert evaluated.returncode == 0, evaluated.stderr
+    without = run_cli("sweep.report", str(sweep_dir), cwd=tmp_path, env={"SWEEP_DB_PASSWORD": ""})
+    assert without.returncode == 2 and "SWEEP_DB_PASSWORD" in without.stderr.strip().splitlines()[-1]
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "hydra.yaml" for p in files) and any(p.name == "report.html" for p in files)
     leaks = [p for p in files if postgres.password.encode() in p.read_bytes()]
@@ -135,21 +140,18 @@ def test_password_never_reaches_logs_reports_or_saved_configs(postgres, tmp_path
 
 
 def test_sqlite_refuses_a_second_concurrent_worker(tmp_path):
-    first = subprocess.Popen(
-        [sys.executable, "-m", "sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *BASE,
-         "hydra.sweeper.n_trials=1", "trainer.epochs=300"], cwd=tmp_path, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True)
+    first = start_cli("sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *BASE,
+                      "hydra.sweeper.n_trials=1", "trainer.epochs=100000", cwd=tmp_path)
     db = tmp_path / "multirun" / "studies" / "digits.db"
-    deadline = time.monotonic() + 60
-    while not list(tmp_path.glob("multirun/*/*/0/metrics.json")):  # its first trial is training
-        assert time.monotonic() < deadline and first.poll() is None
-        time.sleep(0.2)
+    wait_for(lambda: list(tmp_path.glob("multirun/*/*/0/metrics.json")), "the first sweep's trial to train",
+             process=first)
     second = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=1", cwd=tmp_path)
-    _, err = first.communicate(timeout=300)
-    assert first.returncode == 0, err
     assert second.returncode != 0 and "journal" in second.stderr.strip().splitlines()[-1]
+    os.killpg(first.pid, signal.SIGINT)
+    _, err = first.communicate(timeout=120)
+    assert "sweep interrupted" in err.strip().splitlines()[-1]
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{db}").trials
-    assert len(trials) == 1 and trials[0].state == TrialState.COMPLETE  # the study is intact
+    assert len(trials) == 1 and trials[0].user_attrs["fail_reason"] == "sweep interrupted"  # the study is intact
 
 
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):

@@ -1,0 +1,129 @@
+"""The machine a run trains on: which device, which precision it runs fast, and what CPU it is.
+
+bf16 is only fast where the hardware has it: CUDA GPUs with bf16 units, and CPUs with AVX512-BF16 or AMX. On an
+AVX2-only CPU, autocast to bf16 emulates it and ran a CIFAR-10 epoch 200x slower, so `trainer.precision: auto`
+reads the CPU's flags, and confirms a candidate with a few milliseconds of matmuls, cached per machine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import time
+from functools import cache
+from pathlib import Path
+
+import torch
+
+from sweep.errors import UserError
+
+log = logging.getLogger(__name__)
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
+BF16_MIN_SPEEDUP = 1.2  # a candidate CPU must run bf16 matmuls at least this much faster to get bf16
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device='cuda' is invalid: no CUDA GPU is visible; use trainer.device=cpu or auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise UserError("trainer.device='mps' is invalid: MPS is not available; use trainer.device=cpu or auto")
+    return torch.device(name)
+
+
+@cache
+def cpu_flags() -> frozenset[str]:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+@cache
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_capability() -> str:
+    """What the CPU offers a matmul: torch's own dispatch level, and native bf16 when the flags show it."""
+    level = torch.backends.cpu.get_cpu_capability()  # e.g. AVX2, AVX512
+    extra = [name for flag, name in (("avx512_bf16", "AVX512-BF16"), ("amx_bf16", "AMX")) if flag in cpu_flags()]
+    return " + ".join([level, *extra])
+
+
+def describe() -> str:
+    """One line naming the machine, for benchmark headers and metrics."""
+    from sweep.launcher import cpu_cores
+
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return (f"{cpu_name()} ({cpu_capability()}), {cpu_cores()} cores{gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def choose_precision(setting: str, device: torch.device, cache_dir: Path | None = None) -> str:
+    """The precision a run uses: bf16 only where it is native and faster, fp32 otherwise."""
+    native = bf16_native(device, cache_dir)
+    if setting == "auto":
+        return "bf16" if native else "fp32"
+    if setting == "bf16" and not native:
+        log.warning("trainer.precision=bf16 on %s, which has no native bf16 (%s): it is emulated and can be "
+                    "many times slower than fp32; trainer.precision=auto picks fp32 here",
+                    device.type, cpu_capability() if device.type == "cpu" else device.type)
+    return setting
+
+
+def bf16_native(device: torch.device, cache_dir: Path | None = None) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
+    if not any(flag in cpu_flags() for flag in BF16_FLAGS):
+        return False
+    return _measured_bf16_speedup(cache_dir) >= BF16_MIN_SPEEDUP
+
+
+def _measured_bf16_speedup(cache_dir: Path | None) -> float:
+    """bf16 over fp32 matmul speed on this CPU, measured once (about 50 ms) and cached per CPU and torch version."""
+    key = f"{cpu_name()}|{cpu_capability()}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    path = (cache_dir or Path.home() / ".cache" / "sweep") / "bf16_speedup.json"
+    try:
+        known = json.loads(path.read_text())
+        if isinstance(known, dict) and isinstance(known.get(key), (int, float)):
+            return float(known[key])
+    except (OSError, ValueError):
+        known = {}
+    a, b = torch.randn(256, 3072), torch.randn(3072, 512)
+
+    def seconds(dtype) -> float:
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y  # warm up
+        start = time.perf_counter()
+        for _ in range(5):
+            x @ y
+        return time.perf_counter() - start
+
+    speedup = seconds(torch.float32) / seconds(torch.bfloat16)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: speedup}))
+        tmp.replace(path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return speedup
