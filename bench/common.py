@@ -3,35 +3,35 @@
 from __future__ import annotations
 
 import os
-import platform
+import subprocess
 import sys
 from pathlib import Path
 
 import torch
 
-from sweep.launcher import cpu_cores
+from sweep.device import describe
 
 CIFAR_JPEG = Path(os.environ.get("SWEEP_CIFAR_JPEG", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+def commit() -> str:
+    root = Path(__file__).resolve().parents[1]
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
     except OSError:
-        pass
-    cores = cpu_cores()
-    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {cores} cores, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}, Python {platform.python_version()}"
+        return "unknown"
+    return f"{sha}{' (with uncommitted changes)' if dirty else ''}" if sha else "unknown"
 
 
 def header(title: str) -> None:
+    """What every benchmark prints first: the command, the machine (CPU model and what its matmuls can use),
+    torch, the commit, and how busy the machine was."""
     print(f"# {title}")
     print(f"command: python {' '.join(sys.argv)}")
-    print(f"machine: {machine()}")
+    print(f"machine: {describe()}, {torch.get_num_threads()} torch threads")
+    print(f"commit: {commit()}; load average {os.getloadavg()[0]:.2f} at start")
     print()
 
 

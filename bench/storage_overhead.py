@@ -26,9 +26,13 @@ from common import CIFAR_JPEG, header
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pgserver import start_postgres  # noqa: E402
 
-from sweep.sweeper import open_storage  # noqa: E402
+from sweep import storage as st  # noqa: E402
 
 EPOCHS_PER_TRIAL = 30
+
+
+def opened(url: str):
+    return st.open_storage(st.parse(url), heartbeat_interval=30, grace_period=120)
 
 
 def bookkeeping_ms(storage, trials: int = 20) -> float:
@@ -51,8 +55,8 @@ def sweep_workers(pg, workers: int, trials: int, epochs: int, workdir: Path) -> 
     cmd = [sys.executable, "-m", "sweep.train", "--multirun", "data=imagefolder", f"data.root={CIFAR_JPEG}",
            "data.val_size=5000", "+experiment=tutorial", f"trainer.epochs={epochs}", "hydra/sweeper/pruner=none",
            "hydra.sweeper.n_jobs=1", f"hydra.sweeper.n_trials={trials // workers}", f"trainer.threads={2 // workers or 1}",
-           f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}", "~hydra.sweeper.params",
-           "+hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-3, 1e-2))'}"]
+           f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}", "hydra.sweeper.params=null",
+           "optimizer.lr=tag(log, interval(1e-3, 1e-2))"]
     start = time.perf_counter()
     procs = [subprocess.Popen(cmd, cwd=workdir, env={**os.environ, **pg.env}, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True) for _ in range(workers)]
@@ -81,9 +85,9 @@ def main() -> None:
             print(f"| storage | bookkeeping per trial ({EPOCHS_PER_TRIAL} epochs reported), ms |")
             print("|---|---|")
             for label, storage in [("in-memory (no persistence)", optuna.storages.InMemoryStorage()),
-                                   ("SQLite (default, WAL)", open_storage(f"sqlite:///{tmp}/s.db", 30, 120)),
-                                   ("journal file", open_storage(f"journal:///{tmp}/j.log")),
-                                   ("PostgreSQL on loopback", open_storage(pg.url, 30, 120))]:
+                                   ("SQLite (default, WAL)", opened(f"sqlite:///{tmp}/s.db")),
+                                   ("journal file", opened(f"journal:///{tmp}/j.log")),
+                                   ("PostgreSQL on loopback", opened(pg.url))]:
                 print(f"| {label} | {bookkeeping_ms(storage):.1f} |")
             print()
             rows = [(k, sweep_workers(pg, k, args.trials, args.epochs, Path(tmp))) for k in (1, 2)]

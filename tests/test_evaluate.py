@@ -57,7 +57,7 @@ def test_run_without_checkpoint_says_how_to_get_one(tmp_path):
 
 def test_sweep_directory_evaluates_its_best_trial(tmp_path):
     swept = train_cli("--multirun", "data=digits", "search=digits", "trainer.epochs=3", "hydra.sweeper.n_trials=2",
-                      "hydra/sweeper/pruner=none", "trainer.save_checkpoint=true", cwd=tmp_path)
+                      "hydra/sweeper/pruner=none", "trainer.save_checkpoint=true", "hydra.sweeper.report=false", cwd=tmp_path)
     assert swept.returncode == 0, swept.stderr
     (sweep_dir,) = [p.parent for p in tmp_path.glob("multirun/*/*/study.json")]
     result = run_cli("sweep.evaluate", str(sweep_dir), "--out", str(tmp_path / "final"), cwd=tmp_path)

@@ -100,7 +100,7 @@ def test_a_killed_worker_costs_one_trial_and_is_replaced(tmp_path):
 def test_workers_die_with_a_killed_sweep_and_the_next_sweep_resumes_the_trial(tmp_path):
     proc = start_cli("sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *ENDLESS,
                      "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra.sweeper.heartbeat_interval=1",
-                     cwd=tmp_path)
+                     "hydra.sweeper.report=false", cwd=tmp_path)
     wait_for(lambda: (_running_with_epochs(tmp_path, 1) or [None])[0] and
              len(_running_with_epochs(tmp_path, 1)[0].intermediate_values) >= 3, "three epochs", process=proc)
     workers = _children(proc.pid)
@@ -116,7 +116,7 @@ def test_workers_die_with_a_killed_sweep_and_the_next_sweep_resumes_the_trial(tm
     # dead run's last epoch and is stopped by the time budget.
     result = train_cli("--multirun", *ENDLESS, "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1",
                        "hydra.sweeper.grace_period=1", "hydra.sweeper.retries=1", "hydra.sweeper.time_budget=2",
-                       cwd=tmp_path)
+                       "hydra.sweeper.report=false", cwd=tmp_path)
     trials = _trials(tmp_path)
     assert trials[0].state == TrialState.FAIL
     assert trials[0].user_attrs["fail_reason"] == "worker stopped sending heartbeats"
@@ -155,7 +155,7 @@ def test_a_deleted_sqlite_file_stops_the_sweep_with_one_line(tmp_path):
 
 def test_a_second_ctrl_c_does_not_cut_the_clean_up_short(tmp_path):
     proc = start_cli("sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *ENDLESS,
-                     "hydra.sweeper.n_trials=2", cwd=tmp_path)
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.report=false", cwd=tmp_path)
     wait_for(lambda: _running_with_epochs(tmp_path, 1), "a trial training", process=proc)
     out: list[str] = []
     errs: list[str] = []

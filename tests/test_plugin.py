@@ -106,7 +106,7 @@ def test_the_same_seed_finds_the_same_best_as_hydra_optuna_sweeper(tmp_path):
     assert results(tmp_path / "ours") == results(tmp_path / "theirs")
 
 
-@pytest.mark.parametrize("n_trials", [10, 1])
+@pytest.mark.parametrize("n_trials", [10, pytest.param(1, marks=pytest.mark.slow)])
 def test_grid_sampler(tmp_path, n_trials):
     conf = tmp_path / "conf"
     conf.mkdir()

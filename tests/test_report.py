@@ -13,6 +13,8 @@ from conftest import run_cli, train_cli
 from sweep import report
 from sweep.train import METRIC
 
+pytestmark = pytest.mark.xdist_group("report")  # the module's one sweep serves every test: keep them together
+
 PLOTS = ["best_so_far.png", "learning_curves.png", "params.png", "importance.png", "cost.png"]
 
 

@@ -15,6 +15,8 @@ from optuna.trial import TrialState
 from conftest import run_cli, start_cli, train_cli, wait_for
 from pgserver import Postgres, bindir, start_postgres
 
+pytestmark = pytest.mark.xdist_group("postgres")  # one server per test process: keep these tests together
+
 BASE = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "hydra.sweeper.n_jobs=1"]
 FAST = [*BASE, "trainer.epochs=3"]  # a fixed trainer.epochs would drop it from a search space, so BASE leaves it out
 
@@ -59,6 +61,7 @@ def test_concurrent_workers_land_every_trial_once(postgres, tmp_path):
     assert len((tmp_path / "report-shared" / "report.csv").read_text().strip().splitlines()) == 1 + 6
 
 
+@pytest.mark.slow  # the same path as test_faults' SQLite case, on PostgreSQL
 def test_killed_worker_loses_nothing_and_its_trial_is_retried(postgres, tmp_path):
     # Trial 0 is short and finishes; trial 1 never would, and is running when its sweep is killed.
     args = [*BASE, "hydra.sweeper.n_trials=2", "hydra.sweeper.heartbeat_interval=1", "trainer.epochs=choice(2,100000)",
@@ -115,7 +118,7 @@ def test_database_going_away_is_a_clear_error_and_the_sweep_resumes(postgres, tm
 def test_password_never_reaches_logs_reports_or_saved_configs(postgres, tmp_path):
     url = postgres.url.replace("sweep@", "sweep:${oc.env:SWEEP_DB_PASSWORD}@")
     secret = {"SWEEP_DB_PASSWORD": postgres.password}
-    result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={url}",
+    result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage={url}",
                        "hydra.sweeper.study_name=secret", "trainer.save_checkpoint=true", cwd=tmp_path, env=secret)
     assert result.returncode == 0, result.stderr
     assert postgres.password not in result.stdout + result.stderr
@@ -139,6 +142,7 @@ def test_password_never_reaches_logs_reports_or_saved_configs(postgres, tmp_path
     assert refused.returncode != 0 and "PGPASSWORD" in refused.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # the refusal itself is also in test_faults
 def test_sqlite_refuses_a_second_concurrent_worker(tmp_path):
     first = start_cli("sweep.train", "--multirun", f"data.cache_dir={tmp_path / 'cache'}", *BASE,
                       "hydra.sweeper.n_trials=1", "trainer.epochs=100000", cwd=tmp_path)
@@ -154,6 +158,7 @@ def test_sqlite_refuses_a_second_concurrent_worker(tmp_path):
     assert len(trials) == 1 and trials[0].user_attrs["fail_reason"] == "sweep interrupted"  # the study is intact
 
 
+@pytest.mark.slow  # the batch-launcher path is also run by Hydra's basic launcher in test_plugin
 def test_submitit_local_launcher_runs_a_sweep(tmp_path):
     result = train_cli("--multirun", *FAST, "hydra.sweeper.n_trials=2", "hydra/launcher=submitit_local",
                        "hydra.launcher.timeout_min=10", cwd=tmp_path)

@@ -49,9 +49,15 @@ def test_sweep_records_every_trial_and_reports_it(tmp_path):
     # Workers keep their epochs to their runs' logs: the terminal shows the sweep, not four interleaved trainings.
     assert "epoch 1/3" not in log
     assert all("epoch 3/3" in (out / n / "train.log").read_text() for n in "0123")
+    # Two workers by default, with the cores split between them, and the next trial starts as soon as one ends.
+    cores = len(os.sched_getaffinity(0))
+    for t in study.trials:
+        assert json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["threads"] == max(1, cores // 2)
+    spans = sorted((t.datetime_start, t.datetime_complete) for t in study.trials)
+    assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
 
 
-@pytest.mark.parametrize("launcher", ["pool", "basic"])  # worker processes, and in-process
+@pytest.mark.parametrize("launcher", ["pool", pytest.param("basic", marks=pytest.mark.slow)])  # workers; in-process
 def test_aggressive_pruner_prunes_and_counts_saved_epochs(tmp_path, launcher):
     result = sweep(tmp_path, "data=digits", "search=digits", "trainer.epochs=6", "hydra.sweeper.n_trials=8",
                    f"hydra/launcher={launcher}",
@@ -84,7 +90,8 @@ def test_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
 
 
 def test_resume_adds_trials_without_replaying_configurations(tmp_path):
-    args = [*FAST, "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0"]
+    args = [*FAST, "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0",
+            "hydra.sweeper.report=false"]
     assert sweep(tmp_path, *args).returncode == 0
     first = [t.params for t in load(tmp_path).trials]
     result = sweep(tmp_path, *args)
@@ -95,6 +102,7 @@ def test_resume_adds_trials_without_replaying_configurations(tmp_path):
     assert "3 earlier trial(s)" in result.stderr + result.stdout
 
 
+@pytest.mark.slow  # also covered by test_report's sweep, which holds a diverging trial
 def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path):
     result = sweep(tmp_path, "data=digits", "trainer.epochs=3", "hydra/sweeper/sampler=grid", "hydra.sweeper.n_trials=2",
                    "search=digits", "model.depth=1", "model.width=32", "optimizer=sgd", "model.dropout=0.0",
@@ -107,6 +115,7 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path):
     assert "diverged" in report.loc[report["state"] == "FAIL", "reason"].item()
 
 
+@pytest.mark.slow  # also covered by test_plugin's test_failure_rate
 def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
     result = sweep(tmp_path, "data=digits", "trainer.epochs=2", "search=digits", "hydra/sweeper/sampler=grid",
                    "hydra.sweeper.max_failure_rate=0", "hydra.sweeper.n_jobs=1", "model.depth=1", "model.width=32", "optimizer=sgd",
@@ -116,22 +125,8 @@ def test_too_many_failures_stop_the_sweep_with_a_clear_error(tmp_path):
     assert len(load(tmp_path).trials) == 1  # stopped after the first failure
 
 
-def test_parallel_workers_complete_a_sweep_with_split_threads(tmp_path):
-    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2")
-    assert result.returncode == 0, result.stderr
-    trials = load(tmp_path).trials
-    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-    cores = len(os.sched_getaffinity(0))
-    for t in trials:
-        assert json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["threads"] == max(1, cores // 2)
-    # Two workers: some trial started before an earlier one had finished.
-    spans = sorted((t.datetime_start, t.datetime_complete) for t in trials)
-    assert any(spans[i + 1][0] < spans[i][1] for i in range(len(spans) - 1))
-
-
 def test_bad_search_space_fails_before_any_training(tmp_path):
-    for bad, fragment in [("model.widht=choice(1,2)", "model.widht"), ("optimizer.lr=interval(1,0.1)", "low <= high"),
-                          ("optimizer.lr=interval(0,0.1)", "optimizer.lr")]:
+    for bad, fragment in [("model.widht=choice(1,2)", "model.widht"), ("optimizer.lr=interval(0,0.1)", "optimizer.lr")]:
         result = sweep(tmp_path, *FAST, bad)
         assert result.returncode != 0 and "Traceback" not in result.stderr
         last = result.stderr.strip().splitlines()[-1]
@@ -139,22 +134,60 @@ def test_bad_search_space_fails_before_any_training(tmp_path):
     assert not list(tmp_path.glob("multirun/studies/*.db"))  # not even a study was created
 
 
-@pytest.mark.parametrize("setting, fragment", [
-    ("hydra.sweeper.direction=sideways", "hydra.sweeper.direction='sideways' is invalid"),
-    ("hydra.sweeper.storage=sqlite://", "in-memory SQLite database"),
-    ("hydra.sweeper.storage=postgresql://u@h:notaport/db", "hydra.sweeper.storage='postgresql://u@h:notaport/db' is not a storage URL"),
-    ("hydra.sweeper.study_name='a?b'", "may not hold '?'"),
-    ("hydra.sweeper.n_trials=0", "hydra.sweeper.n_trials=0 is invalid"),
-    ("hydra.launcher.n_jobs=0", "hydra.launcher.n_jobs=0 is invalid"),
-    ("hydra/sweeper/sampler=motpe", "hydra/sweeper/sampler"),
-])
-def test_bad_sweeper_settings_are_one_line(tmp_path, setting, fragment):
-    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1", setting)
+def test_a_bad_sweeper_setting_is_one_line_on_the_command_line(tmp_path):
+    result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=1", "hydra.sweeper.direction=sideways")
     assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: ") and fragment in last, last
+    assert last == ("error: hydra.sweeper.direction='sideways' is invalid: expected minimize, maximize, or a list "
+                    "of them (one per objective)")
 
 
+@pytest.mark.parametrize("settings, fragment", [
+    ({"direction": ["maximize", "up"]}, "hydra.sweeper.direction"),
+    ({"n_trials": 0}, "hydra.sweeper.n_trials=0 is invalid"),
+    ({"n_jobs": True}, "hydra.sweeper.n_jobs=True is invalid"),
+    ({"max_failure_rate": 2}, "hydra.sweeper.max_failure_rate=2 is invalid"),
+    ({"time_budget": -1}, "hydra.sweeper.time_budget=-1 is invalid"),
+    ({"metric_names": ["a", "b"]}, "one name per objective"),
+    ({"enqueue": [1]}, "hydra.sweeper.enqueue"),
+    ({"sampler": {"_target_": "hydra_plugins.hydra_optuna_sweeper.config.raise_motpe_removed"}}, "hydra/sweeper/sampler"),
+    ({"custom_search_space": "no.such.function"}, "hydra.sweeper.custom_search_space"),
+])
+def test_bad_sweeper_settings_are_named(settings, fragment):
+    from omegaconf import OmegaConf
+
+    from sweep.errors import UserError
+    from sweep.sweeper import SweepImpl
+
+    settings = {"sampler": None, **settings}
+    if isinstance(settings["sampler"], dict):
+        settings["sampler"] = OmegaConf.create(settings["sampler"])
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        SweepImpl(**settings)
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("sqlite://", "in-memory SQLite database"),
+    ("postgresql://u@h:notaport/db", "is not a storage URL"),
+    ("sqlite:///multirun/studies/a?b.db", "may not hold '?'"),
+    ("", "is invalid"),
+])
+def test_bad_storage_urls_are_named(url, fragment):
+    from sweep import storage
+    from sweep.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        storage.parse(url)
+
+
+def test_a_bad_launcher_setting_is_named():
+    from sweep.launcher import PoolLauncher
+
+    with pytest.raises(SystemExit, match=r"hydra.launcher.n_jobs=0 is invalid"):
+        PoolLauncher(n_jobs=0)
+
+
+@pytest.mark.slow  # also covered by test_faults' symlinked lock
 def test_second_sweep_on_one_sqlite_file_is_refused(tmp_path):
     import fcntl
 
@@ -169,6 +202,7 @@ def test_second_sweep_on_one_sqlite_file_is_refused(tmp_path):
 
 def test_journal_storage_and_command_line_search_space(tmp_path):
     result = sweep(tmp_path, *FAST, "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=journal:///{tmp_path}/j.log",
+                   "hydra.sweeper.report=false",
                    "hydra.sweeper.params.optimizer.lr=tag(log, interval(1e-2, 2e-2))")
     assert result.returncode == 0, result.stderr
     from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -177,7 +211,7 @@ def test_journal_storage_and_command_line_search_space(tmp_path):
     assert len(study.trials) == 2 and all(1e-2 <= t.params["optimizer.lr"] <= 2e-2 for t in study.trials)
 
 
-@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("how", [pytest.param("ctrl-c", marks=pytest.mark.slow), "sigterm"])  # Ctrl-C: test_faults
 def test_an_interrupted_sweep_marks_its_trials_failed_and_keeps_the_study_readable(tmp_path, how):
     import signal
 

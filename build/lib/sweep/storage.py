@@ -103,7 +103,7 @@ def saved_form(raw: object, storage: Storage) -> str | None:
 def from_saved(text: str, setting: str) -> str:
     """A study.json URL, with its ${oc.env:VAR} references filled in from this process's environment."""
     def fill(m: re.Match) -> str:
-        if m.group(1) not in os.environ:
+        if not os.environ.get(m.group(1)):
             raise UserError(f"{setting}: the study's storage takes its password from the environment variable "
                             f"{m.group(1)}, which is not set here")
         return os.environ[m.group(1)]
@@ -158,6 +158,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
             except OSError as e:
                 raise UserError(f"{setting}={storage}: cannot create its folder ({first_line(e)})") from None
         else:  # mode=rw: SQLite must not quietly create an empty database where the study's file was
+            _check_sqlite_study(storage.path, setting, storage)
             url = f"sqlite:///file:{storage.path}?mode=rw&uri=true"
     try:
         for attempt in range(5):
@@ -180,7 +181,28 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{setting}={storage} cannot be opened: {redact(first_line(e))}") from None
+        raise UserError(f"{setting}={storage} cannot be opened: {redact(first_line(_cause(e)))}") from None
+
+
+def _cause(e: BaseException) -> BaseException:
+    """The driver's own error under Optuna's wrapper ("an exception is raised during the commit")."""
+    while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
+        e = e.__cause__ or e.__context__
+    return e
+
+
+def _check_sqlite_study(path: Path, setting: str, storage: Storage) -> None:
+    """A file that is not an SQLite database, or one without Optuna's tables, is named as such; Optuna would
+    otherwise blame "an exception during the commit"."""
+    import sqlite3
+
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as e:
+        raise UserError(f"{setting}={storage} is not an Optuna study storage ({e})") from None
+    if "studies" not in tables:
+        raise UserError(f"{setting}={storage} is not an Optuna study storage (it has no Optuna tables)")
 
 
 def _write_ahead_log(engine) -> None:

@@ -263,7 +263,8 @@ class SweepImpl(OptunaSweeperImpl):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(self.metric_names)
         self._fail_stale(study)
-        done_before = len(study.trials)
+        done_before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
+                                                                    TrialState.FAIL, TrialState.RUNNING)))
         for params in self.enqueue:  # known-good starting points; skipped when the study already has them
             study.enqueue_trial(params, skip_if_exists=True)
         seed = self.sampler_cfg.get("seed") if isinstance(self.sampler_cfg, DictConfig) else None
@@ -445,7 +446,8 @@ class SweepImpl(OptunaSweeperImpl):
         summary = (f"Sweep {'interrupted' if interrupted else 'done'}: {len(mine)} trial(s): "
                    f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
                    f"{count[TrialState.FAIL]} failed")
-        saved = pruning_savings(trials, mine, self.pruner)
+        max_resource = self.pruner_cfg.get("max_resource") if isinstance(self.pruner_cfg, DictConfig) else None
+        saved = pruning_savings(trials, mine, max_resource)
         if saved is not None:
             summary += f"; pruning saved {saved[0]} of {saved[1]} steps ({100 * saved[0] / max(saved[1], 1):.0f}%)"
 
@@ -492,18 +494,24 @@ class LostStorage(Exception):
     pass
 
 
-def pruning_savings(trials, mine, pruner) -> tuple[int, int] | None:
-    """(steps pruning saved, steps the finished trials would have taken), or None when a trial's full length is
-    unknown. A full length is the pruner's max_resource when it has one, else the longest completed trial's."""
-    full = getattr(pruner, "_max_resource", None)  # HyperbandPruner's, once known
+def pruning_savings(trials, mine, max_resource=None) -> tuple[int, int] | None:
+    """(steps the pruner saved, steps the finished trials would have taken), or None when a trial's full length is
+    unknown. A full length is the pruner's max_resource when it has one, else the longest completed trial's.
+    Trials the time budget stopped saved nothing: they were cut short, not judged."""
+    full = max_resource
     if not _integer(full):
         lengths = [max(t.intermediate_values) for t in trials if t.state == TrialState.COMPLETE and t.intermediate_values]
         full = max(lengths) if lengths else None
     if full is None:
         return None
-    finished = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    saved = sum(max(0, full - max(t.intermediate_values, default=0)) for t in finished if t.state == TrialState.PRUNED)
-    return saved, full * len(finished)
+    saved = total = 0
+    for t in mine:
+        steps = max(t.intermediate_values, default=0)
+        judged = t.state == TrialState.PRUNED and t.user_attrs.get(task.STOP_REASON, "").startswith("pruned")
+        if t.state == TrialState.COMPLETE or judged:
+            total += max(full, steps)
+            saved += max(full, steps) - steps if judged else 0
+    return saved, total
 
 
 def _consecutive(batch: list) -> list[list]:

@@ -108,8 +108,7 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
     check_config(cfg)
     trial = trial or sweep.LocalTrial()
     device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.threads not in (None, "auto"):
-        torch.set_num_threads(cfg.trainer.threads)
+    apply_threads(cfg.trainer.threads)
     out_dir.mkdir(parents=True, exist_ok=True)
     precision = choose_precision(cfg.trainer.precision, device, _cache_dir(cfg))
     torch.manual_seed(cfg.trainer.seed)
@@ -175,6 +174,12 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
     _save(out_dir, metrics, history)
     (out_dir / LAST).unlink(missing_ok=True)  # finished: nothing left to resume
     return metrics
+
+
+def apply_threads(setting) -> None:
+    """trainer.threads: a count, or auto/null for the default (a pool worker keeps the count its launcher set)."""
+    if isinstance(setting, int):
+        torch.set_num_threads(setting)
 
 
 def _cache_dir(cfg: DictConfig) -> Path | None:

@@ -1,0 +1,119 @@
+"""Threads under contention: the epoch time of the tutorial MLP and of the best preset, at 1 and 2 CPU threads
+and with OpenMP's passive waiting, on an idle machine and beside two CPU-bound processes.
+
+    python bench/threads.py [--steps 60]
+
+Each setting runs in a fresh process (OpenMP reads its environment when torch loads), times `--steps` training
+steps after 5 of warm-up on the CIFAR-10 JPEG copy, and reports seconds per epoch (steps x steps per epoch).
+The verdict lines check the targets: the default loses at most 10% against the best setting when idle, and is
+never more than 1.5x slower than 1 thread under contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+from common import CIFAR_JPEG, header
+
+PRESETS = {
+    "tutorial MLP [128], batch 256": ["+experiment=tutorial"],
+    "best preset 2x2048 BN, batch 128": ["+experiment=cifar10_mlp_best", "trainer.precision=fp32"],
+}
+SETTINGS = {  # label -> (trainer.threads, extra environment)
+    "2 threads (torch default)": ("null", {}),
+    "1 thread": ("1", {}),
+    "2 threads, OMP_WAIT_POLICY=PASSIVE": ("null", {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "auto (sweep's default)": ("auto", {}),
+}
+
+
+def child(overrides: list[str], steps: int) -> None:
+    """Time `steps` optimizer steps of the composed config; print seconds per step and steps per epoch."""
+    import torch
+    from hydra import compose, initialize_config_dir
+
+    from sweep.data import build_splits
+    from sweep.device import choose_precision, resolve_device
+    from sweep.model import build_model, build_optimizer
+    from sweep.train import CONF_DIR, apply_threads, autocast
+
+    with initialize_config_dir(config_dir=CONF_DIR):
+        cfg = compose("config", overrides=["data=imagefolder", f"data.root={CIFAR_JPEG}", "data.val_size=5000",
+                                           *overrides])
+    apply_threads(cfg.trainer.threads)
+    device = resolve_device("cpu")
+    precision = choose_precision(cfg.trainer.precision, device)
+    data = build_splits(cfg.data, device)
+    model = build_model(cfg.model, data.input_shape, len(data.classes))
+    optimizer = build_optimizer(cfg.optimizer, model.parameters(), device)
+    g = torch.Generator().manual_seed(0)
+    batches = data.train.batches(g, augment=True)
+    times = []
+    for i in range(steps + 5):
+        x, y = next(batches)
+        start = time.perf_counter()
+        with autocast(device, precision):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if i >= 5:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    median = times[len(times) // 2]
+    print(json.dumps({"step": median, "steps_per_epoch": len(data.train), "threads": torch.get_num_threads()}))
+
+
+def measure(overrides: list[str], threads: str, env: dict, steps: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", json.dumps([*overrides, f"trainer.threads={threads}"]),
+                          "--steps", str(steps)], capture_output=True, text=True, env={**os.environ, **env})
+    if out.returncode:
+        raise SystemExit(out.stderr[-2000:])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--child")
+    args = parser.parse_args()
+    if args.child:
+        return child(json.loads(args.child), args.steps)
+    header("Epoch time by thread setting, idle and beside two CPU-bound processes")
+    results = {}
+    for load in ("idle", "2 busy processes"):
+        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if load != "idle" else 0)]
+        try:
+            for preset, overrides in PRESETS.items():
+                for label, (threads, env) in SETTINGS.items():
+                    r = measure(overrides, threads, env, args.steps)
+                    results[(load, preset, label)] = r["step"] * r["steps_per_epoch"]
+                    print(f"  {load:16} | {preset:34} | {label:36} | {r['threads']} thr | "
+                          f"{results[(load, preset, label)]:7.1f} s/epoch", flush=True)
+        finally:
+            for h in hogs:
+                h.kill()
+                h.wait()
+    print()
+    print("| load | model | " + " | ".join(SETTINGS) + " |")
+    print("|---|---|" + "---|" * len(SETTINGS))
+    for load in ("idle", "2 busy processes"):
+        for preset in PRESETS:
+            cells = [f"{results[(load, preset, label)]:.1f} s" for label in SETTINGS]
+            print(f"| {load} | {preset} | " + " | ".join(cells) + " |")
+    print()
+    for preset in PRESETS:
+        idle_best = min(results[("idle", preset, label)] for label in SETTINGS)
+        idle = results[("idle", preset, "auto (sweep's default)")] / idle_best
+        busy = results[("2 busy processes", preset, "auto (sweep's default)")] / results[("2 busy processes", preset, "1 thread")]
+        print(f"{preset}: default idle {idle:.2f}x the fastest setting (target <= 1.10); "
+              f"busy {busy:.2f}x 1 thread (target <= 1.50)")
+
+
+if __name__ == "__main__":
+    main()
