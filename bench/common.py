@@ -7,10 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
-from sweep.device import describe
-
 CIFAR_JPEG = Path(os.environ.get("SWEEP_CIFAR_JPEG", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg"))
 
 
@@ -28,6 +24,10 @@ def commit() -> str:
 def header(title: str) -> None:
     """What every benchmark prints first: the command, the machine (CPU model and what its matmuls can use),
     torch, the commit, and how busy the machine was."""
+    import torch  # here, not at the top: bench/threads.py's children must set up OpenMP before torch loads
+
+    from sweep.device import describe
+
     print(f"# {title}")
     print(f"command: python {' '.join(sys.argv)}")
     print(f"machine: {describe()}, {torch.get_num_threads()} torch threads")

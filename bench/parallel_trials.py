@@ -29,7 +29,7 @@ def main() -> None:
             wall, study = run_sweep(
                 f"k{k}", "+experiment=tutorial", f"trainer.epochs={args.epochs}", f"hydra.sweeper.n_trials={args.trials}",
                 f"hydra.sweeper.n_jobs={k}", "hydra/sweeper/pruner=none", "hydra/sweeper/sampler=random",
-                "hydra.sweeper.sampler.seed=0", "~hydra.sweeper.params", "+hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-3, 1e-2))'}",
+                "hydra.sweeper.sampler.seed=0", "hydra.sweeper.params=null", "optimizer.lr=tag(log, interval(1e-3, 1e-2))",
                 workdir=Path(tmp))
             assert len(study.trials) == args.trials
             rows.append((k, wall, 3600 * args.trials / wall))

@@ -3,7 +3,7 @@
     python bench/pruning.py [--trials 16] [--epochs 15]
 
 Both sweeps draw the same configurations (a seeded random sampler over learning rate, width, depth and
-optimizer), so the only difference is the pruner: none, against asynchronous successive halving
+optimizer; batch norm; trainer.precision=auto), so the only difference is the pruner: none, against asynchronous successive halving
 (hydra/sweeper/pruner=halving). Compares the best validation accuracy and the epochs spent.
 """
 
@@ -17,8 +17,8 @@ from optuna.trial import TrialState
 
 from common import header, run_sweep
 
-SPACE = ("+hydra.sweeper.params={optimizer.lr: 'tag(log, interval(1e-3, 1e-1))', model.width: 'choice(128, 256, 512)', "
-         "model.depth: 'range(1, 3)', optimizer: 'choice(sgd, adamw)'}")
+SPACE = ["hydra.sweeper.params=null", "optimizer.lr=tag(log, interval(1e-3, 1e-1))", "model.width=choice(128, 256, 512)",
+         "model.depth=range(1, 3)", "optimizer=choice(sgd, adamw)"]
 
 
 def main() -> None:
@@ -31,9 +31,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for pruner in ("none", "halving"):
             wall, study = run_sweep(
-                f"prune-{pruner}", f"trainer.epochs={args.epochs}", "trainer.precision=bf16", "model.norm=batch",
+                f"prune-{pruner}", f"trainer.epochs={args.epochs}", "model.norm=batch",
                 f"hydra.sweeper.n_trials={args.trials}", f"hydra/sweeper/pruner={pruner}",
-                "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0", "~hydra.sweeper.params", SPACE,
+                "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0", *SPACE,
                 workdir=Path(tmp))
             done = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
             epochs = sum(len(t.intermediate_values) for t in done)

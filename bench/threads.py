@@ -1,10 +1,12 @@
 """Threads under contention: the epoch time of the tutorial MLP and of the best preset, at 1 and 2 CPU threads
 and with OpenMP's passive waiting, on an idle machine and beside two CPU-bound processes.
 
-    python bench/threads.py [--steps 60]
+    python bench/threads.py [--steps 60] [--rounds 5]
 
 Each setting runs in a fresh process (OpenMP reads its environment when torch loads), times `--steps` training
-steps after 5 of warm-up on the CIFAR-10 JPEG copy, and reports seconds per epoch (steps x steps per epoch).
+steps after 5 of warm-up on the CIFAR-10 JPEG copy, and reports seconds per epoch (median step x steps per epoch).
+Contention makes single measurements swing by tens of percent, so the settings take turns for `--rounds` rounds
+and each cell is the median of its rounds.
 The verdict lines check the targets: the default loses at most 10% against the best setting when idle, and is
 never more than 1.5x slower than 1 thread under contention.
 """
@@ -32,8 +34,10 @@ SETTINGS = {  # label -> (trainer.threads, extra environment)
 }
 
 
-def child(overrides: list[str], steps: int) -> None:
+def child(overrides: list[str], steps: int, warmup: int = 5) -> None:
     """Time `steps` optimizer steps of the composed config; print seconds per step and steps per epoch."""
+    if "trainer.threads=auto" in overrides:
+        import sweep.train  # noqa: F401  (first, as `python -m sweep.train` does: it sets up OpenMP before torch)
     import torch
     from hydra import compose, initialize_config_dir
 
@@ -54,7 +58,7 @@ def child(overrides: list[str], steps: int) -> None:
     g = torch.Generator().manual_seed(0)
     batches = data.train.batches(g, augment=True)
     times = []
-    for i in range(steps + 5):
+    for i in range(steps + warmup):
         x, y = next(batches)
         start = time.perf_counter()
         with autocast(device, precision):
@@ -62,16 +66,17 @@ def child(overrides: list[str], steps: int) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        if i >= 5:
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     times.sort()
     median = times[len(times) // 2]
     print(json.dumps({"step": median, "steps_per_epoch": len(data.train), "threads": torch.get_num_threads()}))
 
 
-def measure(overrides: list[str], threads: str, env: dict, steps: int) -> dict:
+def measure(overrides: list[str], threads: str, env: dict, steps: int, warmup: int = 5) -> dict:
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps([*overrides, f"trainer.threads={threads}"]),
-                          "--steps", str(steps)], capture_output=True, text=True, env={**os.environ, **env})
+                          "--steps", str(steps), "--warmup", str(warmup)], capture_output=True, text=True,
+                         env={**os.environ, **env})
     if out.returncode:
         raise SystemExit(out.stderr[-2000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -80,32 +85,42 @@ def measure(overrides: list[str], threads: str, env: dict, steps: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--only", nargs="*", help="measure only the settings whose label starts with one of these")
     parser.add_argument("--child")
+    parser.add_argument("--warmup", type=int, default=5)
     args = parser.parse_args()
     if args.child:
-        return child(json.loads(args.child), args.steps)
+        return child(json.loads(args.child), args.steps, args.warmup)
     header("Epoch time by thread setting, idle and beside two CPU-bound processes")
-    results = {}
+    rounds: dict[tuple, list[float]] = {}
     for load in ("idle", "2 busy processes"):
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if load != "idle" else 0)]
         try:
-            for preset, overrides in PRESETS.items():
-                for label, (threads, env) in SETTINGS.items():
-                    r = measure(overrides, threads, env, args.steps)
-                    results[(load, preset, label)] = r["step"] * r["steps_per_epoch"]
-                    print(f"  {load:16} | {preset:34} | {label:36} | {r['threads']} thr | "
-                          f"{results[(load, preset, label)]:7.1f} s/epoch", flush=True)
+            for r in range(args.rounds):
+                for preset, overrides in PRESETS.items():
+                    for label, (threads, env) in SETTINGS.items():
+                        if args.only and not any(label.startswith(o) for o in args.only):
+                            continue
+                        m = measure(overrides, threads, env, args.steps)
+                        epoch = m["step"] * m["steps_per_epoch"]
+                        rounds.setdefault((load, preset, label), []).append(epoch)
+                        print(f"  round {r + 1} | {load:16} | {preset:34} | {label:36} | {m['threads']} thr | "
+                              f"{epoch:7.1f} s/epoch", flush=True)
         finally:
             for h in hogs:
                 h.kill()
                 h.wait()
+    results = {key: sorted(v)[len(v) // 2] for key, v in rounds.items()}
     print()
     print("| load | model | " + " | ".join(SETTINGS) + " |")
     print("|---|---|" + "---|" * len(SETTINGS))
     for load in ("idle", "2 busy processes"):
         for preset in PRESETS:
-            cells = [f"{results[(load, preset, label)]:.1f} s" for label in SETTINGS]
+            cells = [f"{results[(load, preset, label)]:.1f} s ({min(rounds[(load, preset, label)]):.1f}-"
+                     f"{max(rounds[(load, preset, label)]):.1f})" for label in SETTINGS]
             print(f"| {load} | {preset} | " + " | ".join(cells) + " |")
+    print("(each cell: the median of the rounds, and their range)")
     print()
     for preset in PRESETS:
         idle_best = min(results[("idle", preset, label)] for label in SETTINGS)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from tqdm import tqdm
 
+from sweep import atomic
 from sweep.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -59,15 +60,12 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         except Exception as e:  # truncated, garbage, or another layout: decode again rather than fail every run
             log.warning("data cache %s is damaged (%s); decoding the images again to rebuild it", cache, type(e).__name__)
     dataset = decode()
-    tmp = cache.with_name(f".{cache.name}.tmp{os.getpid()}")
     try:
-        torch.save(_to_blob(dataset), tmp)
-        tmp.replace(cache)  # atomic: parallel trials never read a half-written cache, a killed decode leaves none
+        with atomic.replacing(cache) as tmp:  # parallel trials never read a half-written cache
+            torch.save(_to_blob(dataset), tmp)
         log.info("cached decoded %s at %s", cfg.name, cache)
     except OSError as e:  # a full disk costs the next run a decode, not this run its result
         log.warning("data cache %s not written: %s", cache, e)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dataset
 
 

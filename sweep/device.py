@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import platform
 import time
 from functools import cache
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from sweep import atomic
 from sweep.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -121,9 +121,7 @@ def _measured_bf16_speedup(cache_dir: Path | None) -> float:
     speedup = seconds(torch.float32) / seconds(torch.bfloat16)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps({**(known if isinstance(known, dict) else {}), key: speedup}))
-        tmp.replace(path)
+        atomic.write_text(path, json.dumps({**(known if isinstance(known, dict) else {}), key: speedup}))
     except OSError:
         pass  # a read-only home: measure again next time
     return speedup

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
+from sweep import atomic
 from sweep.config import DEVICES, check_config
 from sweep.data import EVAL_BATCH, Loader, load_dataset
 from sweep.device import resolve_device
@@ -35,6 +35,9 @@ def find_checkpoint(path: Path) -> Path:
         from sweep.report import study_of_sweep_dir
 
         study = study_of_sweep_dir(path)
+        if len(study.directions) > 1:
+            raise UserError(f"{path}: a multi-objective sweep has no single best trial; evaluate one of its Pareto "
+                            "trials' run directories (report.csv lists them)")
         try:
             best = study.best_trial
         except ValueError:
@@ -109,9 +112,7 @@ def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: str = "auto") -
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; expected a folder")
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir / f".test_metrics.json.tmp{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    tmp.replace(out_dir / "test_metrics.json")
+    atomic.write_text(out_dir / "test_metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_confusion(confusion, classes, metrics["test_accuracy"], out_dir / "confusion_matrix.png")
     return metrics
 
@@ -134,9 +135,8 @@ def plot_confusion(confusion: torch.Tensor, classes: list[str], accuracy: float,
     ax.set(title=f"Test confusion matrix (accuracy {accuracy:.4f})", xlabel="predicted class", ylabel="true class")
     fig.colorbar(im, ax=ax, label="share of the true class")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-    fig.savefig(tmp, dpi=90)
-    tmp.replace(path)
+    with atomic.replacing(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
 
 

@@ -132,13 +132,21 @@ class PoolLauncher(Launcher):
     def _context(self):
         import multiprocessing as mp
 
+        # Workers share the cores: OpenMP threads that sleep while they wait, instead of spinning, keep a busy
+        # machine from slowing every trial several times over (bench/threads.py). An explicit setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         # Not fork: a forked copy of a process with threads (torch's, ours) can deadlock. A fork server starts
         # clean, imports the task's module once, and forks each worker from there: one slow import, not n_jobs.
         if "forkserver" not in mp.get_all_start_methods():
             return mp.get_context("spawn")
         ctx = mp.get_context("forkserver")
         module = getattr(self._task_module, "__name__", None)
-        ctx.set_forkserver_preload([module] if module else [])  # "__main__" for a task defined in a script
+        # The task's module ("__main__" for a task defined in a script), and Optuna, which sweep.trial() needs.
+        ctx.set_forkserver_preload([m for m in (module,) if m])
+        # A worker forked from the server re-runs a `python -m` main module that the server already imported,
+        # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.
+        if "ignore::RuntimeWarning:runpy" not in sys.warnoptions:
+            sys.warnoptions.append("ignore::RuntimeWarning:runpy")
         return ctx
 
     def _spawn(self, slot: int):

@@ -17,7 +17,6 @@ import html
 import json
 import logging
 import math
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -31,6 +30,7 @@ import pandas as pd  # noqa: E402
 from optuna.distributions import CategoricalDistribution  # noqa: E402
 from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
+from sweep import atomic  # noqa: E402
 from sweep import storage as st  # noqa: E402
 from sweep.errors import UserError, first_line  # noqa: E402
 
@@ -286,7 +286,7 @@ def plot_pareto(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -
             label=f"Pareto front ({len(best)} trials)")
     for t in best:
         ax.annotate(str(t.number), (t.values[0], t.values[1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    more = f"; objectives 3+ not drawn" if len(objs) > 2 else ""
+    more = "; objectives 3+ not drawn" if len(objs) > 2 else ""
     ax.set(title=f"Pareto front{more}",
            xlabel=f"{x_name} ({'higher' if x_max else 'lower'} is better)",
            ylabel=f"{y_name} ({'higher' if y_max else 'lower'} is better)")
@@ -297,22 +297,11 @@ def plot_pareto(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")  # a killed report never leaves half a PNG
     try:
-        fig.savefig(tmp, dpi=90)
-        tmp.replace(path)
+        with atomic.replacing(path) as tmp:  # a killed report never leaves half a PNG
+            fig.savefig(tmp, dpi=90, format="png")
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _out_dir(path: Path) -> Path:
@@ -337,8 +326,8 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     objs = objectives(study)
     metric, maximize = objs[0]
     table = trials_table(study)
-    _write_text(out_dir / "report.csv", table.to_csv(index=False))
-    _write_text(out_dir / "report.md", markdown(table))
+    atomic.write_text(out_dir / "report.csv", table.to_csv(index=False))
+    atomic.write_text(out_dir / "report.md", markdown(table))
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     plots = []
     if len(objs) == 1:
@@ -395,8 +384,8 @@ def compare(sweep_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
                     "total_steps": sum(len(t.intermediate_values) for t in trials), "wall_minutes": round(wall, 2)})
         rows.append(row)
     table = pd.DataFrame(rows)
-    _write_text(out_dir / "comparison.csv", table.to_csv(index=False))
-    _write_text(out_dir / "comparison.md", markdown(table))
+    atomic.write_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    atomic.write_text(out_dir / "comparison.md", markdown(table))
     images = []
     if objs and len(objs) == 1:
         plot_best_so_far(curves, objs[0][0], objs[0][1], out_dir / "best_so_far.png")
@@ -439,7 +428,7 @@ img {{ max-width: 100%; }}
 <h2>All runs</h2><div class="scroll">{table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
 </body></html>
 """
-    _write_text(path, page)
+    atomic.write_text(path, page)
 
 
 def print_top(table: pd.DataFrame, n: int = 10) -> None:

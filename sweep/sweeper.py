@@ -36,6 +36,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from sweep import atomic
 from sweep import storage as st
 from sweep import task
 from sweep.errors import UserError, first_line
@@ -223,14 +224,15 @@ class SweepImpl(OptunaSweeperImpl):
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        _write_atomic(sweep_dir / "study.json", json.dumps(
+        atomic.write_text(sweep_dir / "study.json", json.dumps(
             {"storage": self.saved_storage, "study_name": study.study_name, "directions": self.directions}) + "\n")
 
         numbers: list[int] = []
-        interrupted, lost = False, None
+        interrupted, lost, ended = False, None, False
         self.progress = Progress(self.n_trials, self.n_jobs, self.directions, study)
         try:
             self._run_trials(study, space, fixed, fixed_overrides, numbers)
+            ended = True
         except KeyboardInterrupt:
             interrupted = True
             log.warning("Interrupted: stopping the workers and marking their trials FAIL")
@@ -240,7 +242,7 @@ class SweepImpl(OptunaSweeperImpl):
             _ignore_interrupts()  # a second Ctrl-C must not cut the clean-up short
             self._stop_heartbeats()
             if hasattr(self.launcher, "shutdown"):
-                self.launcher.shutdown(kill=interrupted or lost is not None)
+                self.launcher.shutdown(kill=not ended)  # idle workers finish; busy ones would never
         task.unregister(study)
         if lost is not None:
             raise UserError(
@@ -466,7 +468,7 @@ class SweepImpl(OptunaSweeperImpl):
             results = {"name": "optuna", "solutions": [{"params": t.params, "values": t.values} for t in front]}
         if results is not None:
             try:
-                _write_atomic(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
+                atomic.write_text(sweep_dir / "optimization_results.yaml", OmegaConf.to_yaml(OmegaConf.create(results)))
             except OSError as e:
                 log.warning("optimization_results.yaml not written: %s", first_line(e))
         if self.write_report and trials:
@@ -530,15 +532,6 @@ def _tell_once(study: optuna.Study, trial: optuna.trial.Trial, **kw) -> None:
     except RuntimeError as e:  # GridSampler calls study.stop() once the grid is exhausted; the tell itself went through
         if "Study.stop" not in str(e):
             raise
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _terminate(signum, frame):

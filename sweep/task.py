@@ -72,7 +72,6 @@ def trial():
 
 
 def _study(hc):
-    import optuna
     from hydra.utils import instantiate
 
     from sweep import storage as st

@@ -16,21 +16,27 @@ import sys
 import time
 from pathlib import Path
 
-import hydra
-import torch
-import torch.nn.functional as F
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
+# Before torch loads OpenMP: threads that wait for each other sleep instead of spinning. Beside another busy
+# process, spinning made a 2-thread epoch 7x slower than 1 thread; sleeping costs nothing when the machine is
+# idle (bench/threads.py, README "Threads"). An explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import sweep
-from sweep.config import check_config
-from sweep.data import Loader, build_splits
-from sweep.device import choose_precision, resolve_device
-from sweep.errors import UserError
-from sweep.model import build_model, build_optimizer, count_parameters
+import hydra  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from hydra.types import RunMode  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from tqdm.contrib.logging import logging_redirect_tqdm  # noqa: E402
+
+import sweep  # noqa: E402
+from sweep import atomic  # noqa: E402
+from sweep.config import check_config  # noqa: E402
+from sweep.data import Loader, build_splits  # noqa: E402
+from sweep.device import choose_precision, resolve_device  # noqa: E402
+from sweep.errors import UserError  # noqa: E402
+from sweep.model import build_model, build_optimizer, count_parameters  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +183,8 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
 
 
 def apply_threads(setting) -> None:
-    """trainer.threads: a count, or auto/null for the default (a pool worker keeps the count its launcher set)."""
+    """trainer.threads: a count; or auto/null: torch's default (one per core, or cores / n_jobs in a pool worker),
+    with OpenMP's passive waiting set above."""
     if isinstance(setting, int):
         torch.set_num_threads(setting)
 
@@ -186,22 +193,13 @@ def _cache_dir(cfg: DictConfig) -> Path | None:
     return Path(cfg.data.cache_dir).expanduser() if cfg.data.cache_dir else None
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _save(out_dir: Path, metrics: dict, history: list[dict]) -> None:
-    _write_atomic(out_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
+    atomic.write_bytes(out_dir / "metrics.json", (json.dumps(metrics, indent=2) + "\n").encode())
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=["epoch", "train_loss", "train_accuracy", "val_loss", METRIC, "lr", "seconds"])
     writer.writeheader()
     writer.writerows(history)
-    _write_atomic(out_dir / "history.csv", text.getvalue().encode())
+    atomic.write_bytes(out_dir / "history.csv", text.getvalue().encode())
 
 
 def _torch_bytes(obj) -> bytes:
@@ -212,7 +210,7 @@ def _torch_bytes(obj) -> bytes:
 
 def save_checkpoint(path: Path, model, cfg: DictConfig, data, epoch: int, val_acc: float) -> None:
     # Plain tensors, numbers and strings only, so torch.load(weights_only=True) can read it without running code.
-    _write_atomic(path, _torch_bytes({
+    atomic.write_bytes(path, _torch_bytes({
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": OmegaConf.to_container(cfg, resolve=True),
         "classes": list(data.classes), "input_shape": list(data.input_shape),
@@ -222,7 +220,7 @@ def save_checkpoint(path: Path, model, cfg: DictConfig, data, epoch: int, val_ac
 
 def save_state(path: Path, cfg, model, optimizer, scheduler, shuffle, metrics: dict, history: list[dict]) -> None:
     """Everything the next epoch depends on, so a resumed run ends exactly where an unbroken one would."""
-    _write_atomic(path, _torch_bytes({
+    atomic.write_bytes(path, _torch_bytes({
         "config": OmegaConf.to_container(cfg, resolve=True),
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "torch_rng": torch.get_rng_state(), "shuffle_rng": shuffle.get_state(),

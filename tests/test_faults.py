@@ -4,7 +4,6 @@ Every wait here is on an event the code exposes (a trial's state, a file written
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import signal
 import subprocess
@@ -125,7 +124,7 @@ def test_workers_die_with_a_killed_sweep_and_the_next_sweep_resumes_the_trial(tm
     assert retry.state == TrialState.PRUNED and retry.user_attrs["stop_reason"] == "stopped by hydra.sweeper.time_budget"
     assert len(retry.intermediate_values) > epochs_before  # carried over, then continued
     run = Path(retry.user_attrs["run_dir"])
-    assert f"resumed after epoch" in (run / "train.log").read_text()
+    assert "resumed after epoch" in (run / "train.log").read_text()
     history = (run / "history.csv").read_text().splitlines()
     assert int(history[1].split(",")[0]) == 1 and len(history) - 1 == len(retry.intermediate_values)
     assert "time_budget" in result.stderr.strip().splitlines()[-1]

@@ -3,9 +3,7 @@ its plugin test file, restated here against our sweeper), the public trial API, 
 
 from __future__ import annotations
 
-import math
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path

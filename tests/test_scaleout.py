@@ -43,7 +43,7 @@ def _trials_so_far(pg: Postgres, name: str) -> list:
         return []
 
 
-def _worker(cwd: Path, pg: Postgres, name: str, *args: str) -> subprocess.Popen:
+def _worker(cwd: Path, pg: Postgres, name: str, *args: str):
     return start_cli("sweep.train", "--multirun", f"data.cache_dir={cwd / 'cache'}", *args,
                      f"hydra.sweeper.storage={pg.url}", f"hydra.sweeper.study_name={name}", cwd=cwd, env=pg.env)
 

@@ -173,3 +173,14 @@ def test_cifar10_trains_from_batch_files(tmp_path):
     result = train_cli(f"data.root={tmp_path / 'c10'}", "data.val_size=10", "trainer.epochs=1", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert json.loads((_run_dir(tmp_path) / "metrics.json").read_text())["epochs_run"] == 1
+
+
+def test_help_lists_the_groups_and_the_commands(tmp_path):
+    result = train_cli("--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for line in ["python -m sweep.train --multirun", "python -m sweep.report <sweep dir>", "+experiment=NAME",
+                 "data: cifar10, digits, imagefolder", "search: cifar10, default, digits",
+                 "experiment: cifar10_mlp_best, tutorial", "hydra/sweeper/pruner=none|median|halving|hyperband"]:
+        assert line in text, line
+    assert "width: 128" in text  # Hydra's composed config follows

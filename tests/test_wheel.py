@@ -16,8 +16,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_the_wheel_carries_the_plugin_its_configs_and_the_app(tmp_path):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    # Built from a copy: setuptools writes its build/ folder into the tree it builds.
+    source = tmp_path / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(
+        ".git", "multirun", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "results"))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, env=env)
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, env=env)
     assert built.returncode == 0, built.stderr
     (wheel,) = (tmp_path / "dist").glob("sweep-*.whl")
     # A new environment whose own site-packages hold only this wheel; torch, Hydra and Optuna come from the
@@ -47,9 +51,13 @@ def test_the_wheel_carries_the_plugin_its_configs_and_the_app(tmp_path):
     assert {"sweep.launcher:PoolLauncher", "sweep.plugin:OptunaSweeper", "sweep.train:cli"} <= set(entry_points)
     assert "sweep/conf/config.yaml" in conf_files and "sweep/conf/search/digits.yaml" in conf_files
 
-    sphere = run("sphere.py", "--multirun", "hydra.sweeper.n_trials=10", f"hydra.sweep.dir={tmp_path / 'sphere'}")
-    assert sphere.returncode == 0, sphere.stderr
-    assert OmegaConf.load(tmp_path / "sphere" / "optimization_results.yaml").best_value <= 25
+    # The same seeded sampler finds what hydra-optuna-sweeper finds, trial for trial.
+    ours = run("sphere.py", "--multirun", "hydra.sweeper.n_trials=10", f"hydra.sweep.dir={tmp_path / 'ours'}")
+    theirs = run("sphere.py", "--multirun", "hydra.sweeper.n_trials=10", "hydra/sweeper=optuna",
+                 f"hydra.sweep.dir={tmp_path / 'theirs'}")
+    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
+    found = OmegaConf.load(tmp_path / "ours" / "optimization_results.yaml")
+    assert found == OmegaConf.load(tmp_path / "theirs" / "optimization_results.yaml") and found.best_value <= 25
 
     loop = run("pytorch_loop.py", "--multirun", "hydra.sweeper.n_trials=6", "epochs=4", "hydra.sweeper.report=false",
                "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0")

@@ -1,0 +1,47 @@
+"""Precision by machine: the best preset's epoch time with trainer.precision=auto, fp32 and bf16, side by side.
+
+    python bench/precision.py [--steps 20]
+
+auto must pick bf16 only where it is native and faster. On a CPU without AVX512-BF16 or AMX it picks fp32, and
+the verdict line checks that auto's epoch is within 1.3x of fp32's; forcing bf16 there shows what auto avoids.
+Each setting runs in a fresh process and times `--steps` training steps after 5 of warm-up (threads.py's child).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import header
+from threads import measure
+
+PRESET = ["+experiment=cifar10_mlp_best"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    import torch
+
+    from sweep.device import bf16_native, choose_precision
+
+    header("The best preset's epoch time by trainer.precision")
+    cpu = torch.device("cpu")
+    print(f"native bf16 on this CPU: {bf16_native(cpu)}; trainer.precision=auto picks {choose_precision('auto', cpu)}")
+    print()
+    rows = {}
+    for precision in ("auto", "fp32", "bf16"):
+        emulated = precision == "bf16" and not bf16_native(cpu)  # seconds per step: a few steps tell enough
+        m = measure([*PRESET, f"trainer.precision={precision}"], "auto", {}, 3 if emulated else args.steps,
+                    warmup=1 if emulated else 5)
+        rows[precision] = m["step"] * m["steps_per_epoch"]
+    print("| trainer.precision | seconds / epoch (estimated from the median step) | vs fp32 |")
+    print("|---|---|---|")
+    for precision, seconds in rows.items():
+        print(f"| {precision} | {seconds:.1f} | {seconds / rows['fp32']:.2f}x |")
+    print()
+    print(f"auto is {rows['auto'] / rows['fp32']:.2f}x fp32's epoch time (target <= 1.30 on a CPU without native bf16)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,54 @@
+"""The best preset over several seeds: how much of its accuracy is the seed's.
+
+    python bench/preset_seeds.py [--seeds 0 1 2] [--epochs 60]
+
+Trains `+experiment=cifar10_mlp_best` on the CIFAR-10 JPEG copy (45,000 train / 5,000 validation carved from its
+train split; there is no test split there) once per seed, one after the other, with trainer.precision=auto, and
+prints each run's best-epoch validation accuracy and the mean and standard deviation. The split is the same for
+every seed (data.split_seed=0): only the weights, shuffling and augmentation change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import CIFAR_JPEG, header
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=int, default=60)
+    parser.add_argument("--out", type=Path, help="keep the runs here (default: a temporary folder)")
+    args = parser.parse_args()
+    header(f"+experiment=cifar10_mlp_best over seeds {args.seeds}")
+    out = args.out or Path(tempfile.mkdtemp(prefix="preset-seeds-"))
+    rows = []
+    print("| seed | best-epoch val accuracy | best epoch | final val accuracy | precision | threads | training minutes |")
+    print("|---|---|---|---|---|---|---|")
+    for seed in args.seeds:
+        run = out / f"seed{seed}"
+        done = subprocess.run([sys.executable, "-m", "sweep.train", "+experiment=cifar10_mlp_best", "data=imagefolder",
+                               f"data.root={CIFAR_JPEG}", "data.val_size=5000", f"trainer.seed={seed}",
+                               f"trainer.epochs={args.epochs}", "trainer.save_checkpoint=false",
+                               f"hydra.run.dir={run}"], capture_output=True, text=True)
+        if done.returncode:
+            raise SystemExit(done.stderr[-2000:])
+        m = json.loads((run / "metrics.json").read_text())
+        rows.append(m)
+        print(f"| {seed} | {m['val_accuracy']:.4f} | {m['best_epoch']} | {m['final_val_accuracy']:.4f} | "
+              f"{m['precision']} | {m['threads']} | {m['train_seconds'] / 60:.1f} |", flush=True)
+    accs = [m["val_accuracy"] for m in rows]
+    print()
+    print(f"best-epoch validation accuracy over {len(accs)} seeds: {statistics.mean(accs):.4f} ± "
+          f"{statistics.stdev(accs) if len(accs) > 1 else 0:.4f} (mean ± sample std), precision {rows[0]['precision']}")
+
+
+if __name__ == "__main__":
+    main()
