@@ -1,5 +1,5 @@
 """Threads under contention: the epoch time of the tutorial MLP and of the best preset, at 1 and 2 CPU threads
-and with OpenMP's passive waiting, on an idle machine and beside two CPU-bound processes.
+and with sweep's default (torch's threads with OpenMP's passive waiting), on an idle machine and beside two CPU-bound processes.
 
     python bench/threads.py [--steps 60] [--rounds 5]
 
@@ -26,11 +26,11 @@ PRESETS = {
     "tutorial MLP [128], batch 256": ["+experiment=tutorial"],
     "best preset 2x2048 BN, batch 128": ["+experiment=cifar10_mlp_best", "trainer.precision=fp32"],
 }
+AUTO = "auto (sweep's default: 2 threads, OMP_WAIT_POLICY=PASSIVE)"
 SETTINGS = {  # label -> (trainer.threads, extra environment)
     "2 threads (torch default)": ("null", {}),
     "1 thread": ("1", {}),
-    "2 threads, OMP_WAIT_POLICY=PASSIVE": ("null", {"OMP_WAIT_POLICY": "PASSIVE"}),
-    "auto (sweep's default)": ("auto", {}),
+    AUTO: ("auto", {}),
 }
 
 
@@ -95,13 +95,14 @@ def main() -> None:
     header("Epoch time by thread setting, idle and beside two CPU-bound processes")
     rounds: dict[tuple, list[float]] = {}
     for load in ("idle", "2 busy processes"):
+        labels = [label for label in SETTINGS if not args.only or any(label.startswith(o) for o in args.only)]
         hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 if load != "idle" else 0)]
         try:
             for r in range(args.rounds):
                 for preset, overrides in PRESETS.items():
-                    for label, (threads, env) in SETTINGS.items():
-                        if args.only and not any(label.startswith(o) for o in args.only):
-                            continue
+                    # Rotated each round, so no setting always runs first or last beside the same neighbours.
+                    for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+                        threads, env = SETTINGS[label]
                         m = measure(overrides, threads, env, args.steps)
                         epoch = m["step"] * m["steps_per_epoch"]
                         rounds.setdefault((load, preset, label), []).append(epoch)
@@ -113,19 +114,19 @@ def main() -> None:
                 h.wait()
     results = {key: sorted(v)[len(v) // 2] for key, v in rounds.items()}
     print()
-    print("| load | model | " + " | ".join(SETTINGS) + " |")
-    print("|---|---|" + "---|" * len(SETTINGS))
+    print("| load | model | " + " | ".join(labels) + " |")
+    print("|---|---|" + "---|" * len(labels))
     for load in ("idle", "2 busy processes"):
         for preset in PRESETS:
             cells = [f"{results[(load, preset, label)]:.1f} s ({min(rounds[(load, preset, label)]):.1f}-"
-                     f"{max(rounds[(load, preset, label)]):.1f})" for label in SETTINGS]
+                     f"{max(rounds[(load, preset, label)]):.1f})" for label in labels]
             print(f"| {load} | {preset} | " + " | ".join(cells) + " |")
     print("(each cell: the median of the rounds, and their range)")
     print()
-    for preset in PRESETS:
-        idle_best = min(results[("idle", preset, label)] for label in SETTINGS)
-        idle = results[("idle", preset, "auto (sweep's default)")] / idle_best
-        busy = results[("2 busy processes", preset, "auto (sweep's default)")] / results[("2 busy processes", preset, "1 thread")]
+    for preset in PRESETS if AUTO in labels and "1 thread" in labels else ():
+        idle_best = min(results[("idle", preset, label)] for label in labels)
+        idle = results[("idle", preset, AUTO)] / idle_best
+        busy = results[("2 busy processes", preset, AUTO)] / results[("2 busy processes", preset, "1 thread")]
         print(f"{preset}: default idle {idle:.2f}x the fastest setting (target <= 1.10); "
               f"busy {busy:.2f}x 1 thread (target <= 1.50)")
 
