@@ -115,8 +115,8 @@ def main() -> None:
     print("| pipeline | seconds / epoch (median) | speed-up |")
     print("|---|---|---|")
     print(f"| tutorial: ImageFolder + ToTensor/Normalize per image, DataLoader({args.workers} workers) | {t:.2f} | 1.0x |")
-    print(f"| sweep harness: uint8 tensors on {args.device}, index-sliced batches (fp32, the default) | {h:.3f} | **{t / h:.1f}x** |")
-    print(f"| sweep harness, trainer.precision=auto (picks {picked} here) | {b:.3f} | {t / b:.1f}x |")
+    print(f"| sweep harness: uint8 tensors on {args.device}, index-sliced batches, trainer.precision=fp32 | {h:.3f} | **{t / h:.1f}x** |")
+    print(f"| sweep harness, trainer.precision=auto (the default; picks {picked} here) | {b:.3f} | {t / b:.1f}x |")
     print()
     print(f"harness start-up from the decode cache: {setup:.1f}s; fp32 epochs: {', '.join(f'{s:.3f}' for s in harness)}; "
           f"auto epochs: {', '.join(f'{s:.3f}' for s in auto)}")
