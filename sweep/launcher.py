@@ -141,8 +141,7 @@ class PoolLauncher(Launcher):
             return mp.get_context("spawn")
         ctx = mp.get_context("forkserver")
         module = getattr(self._task_module, "__name__", None)
-        # The task's module ("__main__" for a task defined in a script), and Optuna, which sweep.trial() needs.
-        ctx.set_forkserver_preload([m for m in (module,) if m])
+        ctx.set_forkserver_preload([module] if module else [])  # "__main__" for a task defined in a script
         # A worker forked from the server re-runs a `python -m` main module that the server already imported,
         # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.
         if "ignore::RuntimeWarning:runpy" not in sys.warnoptions:
