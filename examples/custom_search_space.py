@@ -8,7 +8,7 @@ from omegaconf import DictConfig
 from optuna.trial import Trial
 
 
-@hydra.main(config_path="conf", config_name="custom_search_space")
+@hydra.main(config_path="conf", config_name="custom_search_space", version_base=None)
 def multi_dimensional_sphere(cfg: DictConfig) -> float:
     return cfg.w**2 + cfg.x**2 + cfg.y**2 + cfg.z**2
 

@@ -32,7 +32,7 @@ class Classifier(lightning.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-@hydra.main(config_path="conf", config_name="lightning_loop")
+@hydra.main(config_path="conf", config_name="lightning_loop", version_base=None)
 def main(cfg: DictConfig) -> float:
     lightning.seed_everything(cfg.seed, verbose=False)
     x, y = spirals(1200, seed=0)

@@ -7,7 +7,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="conf", config_name="multi_objective")
+@hydra.main(config_path="conf", config_name="multi_objective", version_base=None)
 def binh_and_korn(cfg: DictConfig) -> tuple[float, float]:
     x, y = cfg.x, cfg.y
     return 4 * x**2 + 4 * y**2, (x - 5) ** 2 + (y - 5) ** 2

@@ -24,7 +24,7 @@ def spirals(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x + 0.05 * torch.randn(n, 2, generator=g), y
 
 
-@hydra.main(config_path="conf", config_name="pytorch_loop")
+@hydra.main(config_path="conf", config_name="pytorch_loop", version_base=None)
 def main(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.seed)
     x, y = spirals(1200, seed=0)  # the same data for every trial: 1000 to train on, 200 to validate

@@ -8,7 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 
-@hydra.main(config_path="conf", config_name="sphere")
+@hydra.main(config_path="conf", config_name="sphere", version_base=None)
 def sphere(cfg: DictConfig) -> float:
     if cfg.get("error", False):
         raise RuntimeError("cfg.error is True")

@@ -4,6 +4,7 @@ or a writer killed half-way never leaves (or sees) half a file."""
 from __future__ import annotations
 
 import os
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from pathlib import Path
 @contextmanager
 def replacing(path: Path):
     """Yield a temporary path to write to; it becomes `path` when the block ends without an error."""
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}-{threading.get_ident()}{path.suffix}")
     try:
         yield tmp
         tmp.replace(path)
@@ -27,3 +28,18 @@ def write_bytes(path: Path, data: bytes) -> None:
 def write_text(path: Path, text: str) -> None:
     with replacing(path) as tmp:
         tmp.write_text(text)
+
+
+def create_text(path: Path, text: str) -> bool:
+    """Write `path` only if it does not exist yet, whole, in one step; False when it already existed.
+    Of two processes racing to create it, exactly one wins, and the other reads a complete file."""
+    tmp = path.with_name(f".{path.stem}.new{os.getpid()}-{threading.get_ident()}{path.suffix}")
+    try:
+        tmp.write_text(text)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)

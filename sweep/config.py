@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweep.errors import UserError
@@ -20,8 +21,12 @@ def _mlp_layers(width, depth) -> list:
     return [f"{width} x {depth}"]
 
 
-# Lets conf/model/mlp.yaml build hidden_sizes from the scalar knobs sweeps vary.
-OmegaConf.register_resolver("mlp_layers", _mlp_layers, replace=True)
+# Lets conf/model/mlp.yaml build hidden_sizes from the scalar knobs sweeps vary. omegaconf 2.4 calls this
+# register_resolver; in 2.3 that name is an older API, and the call is register_new_resolver.
+if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
+    OmegaConf.register_resolver("mlp_layers", _mlp_layers, replace=True)
+else:
+    OmegaConf.register_new_resolver("mlp_layers", _mlp_layers, replace=True)
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 NORMS = ("none", "batch", "layer")

@@ -13,7 +13,6 @@ import fcntl
 import os
 import re
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,8 +129,7 @@ def errors() -> tuple[type[BaseException], ...]:
     return (optuna.exceptions.StorageInternalError, SQLAlchemyError)
 
 
-def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", create: bool = True,
-                 heartbeat_interval: int | None = None, grace_period: int | None = None):
+def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", create: bool = True):
     """The Optuna storage. create=False (workers, the report) never makes a file, folder or table:
     a missing database is an error, not a fresh empty one."""
     import optuna
@@ -163,11 +161,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
     try:
         for attempt in range(5):
             try:
-                with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna, and what we need
-                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                    rdb = optuna.storages.RDBStorage(
-                        url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                        grace_period=grace_period, skip_table_creation=not create)
+                rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create)
                 if storage.kind == "sqlite":
                     _write_ahead_log(rdb.engine)
                 return rdb
@@ -221,27 +215,20 @@ def _write_ahead_log(engine) -> None:
 
 def load_study(storage: Storage, name: str, setting: str, **kw):
     """An existing study, read-only: a missing or foreign file is one error line, never a new study."""
+    return load_study_from(open_storage(storage, setting=setting, create=False), storage, name, setting, **kw)
+
+
+def load_study_from(backend, storage: Storage, name: str, setting: str, **kw):
     import optuna
 
     if name is None:
         raise UserError(f"{setting}: no study name given")
-    backend = open_storage(storage, setting=setting, create=False)
     try:
         return optuna.load_study(study_name=name, storage=backend, **kw)
     except KeyError:
         raise UserError(f"{setting}={storage}: no study named {name!r} there") from None
     except Exception as e:  # a text file, a 0-byte database, a database without Optuna's tables
         raise UserError(f"{setting}={storage} is not an Optuna study storage ({redact(first_line(e))})") from None
-
-
-def heartbeats(backend) -> bool:
-    return callable(getattr(backend, "record_heartbeat", None)) and backend.get_heartbeat_interval() is not None
-
-
-def stale_trial_ids(backend, study_id: int) -> list[int]:
-    """Running trials whose heartbeat is older than the grace period. Optuna's public fail_stale_trials() fails them
-    without a word of why; this private call lets us record the reason first (tests/test_upstream.py pins it)."""
-    return backend._get_stale_trial_ids(study_id)
 
 
 # ------------------------------------------------------------------ guarding a file while a sweep uses it

@@ -1,4 +1,4 @@
-"""The task's side of a sweep: `sweep.trial()` is the Optuna trial this run reports to.
+"""The task's side of a sweep: `sweep.trial()` is the trial this run reports to.
 
     trial = sweep.trial()
     for epoch in range(1, epochs + 1):
@@ -7,28 +7,22 @@
         if trial.should_prune():
             raise optuna.TrialPruned()
 
-Inside a sweep it is an `optuna.trial.Trial` connected to the study (in the worker process too: it reaches the
-study through the sweep's storage). Outside one it is a stand-in whose reports go nowhere, so the same code runs
-single runs.
+Inside a sweep it is a SweepTrial connected to the study: Optuna's reporting calls (report, should_prune,
+set_user_attr, number, params, user_attrs), made through the study's storage, so they work in a worker process or on
+another machine. Outside a sweep it is a stand-in whose reports go nowhere, so the same code runs single runs.
 """
 
 from __future__ import annotations
 
-import functools
 import os
 import time
 from pathlib import Path
 from typing import Any
 
+from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import UserError
 
-# Set for each job by the sweeper, through hydra.job.env_set: the trial's number, its study, and the study's
-# storage (absolute, and only when it holds no password; otherwise the job's hydra.sweeper.storage is used).
-TRIAL_ENV, STUDY_ENV, STORAGE_ENV = "SWEEP_TRIAL", "SWEEP_STUDY", "SWEEP_STORAGE"
-DEADLINE_ATTR = "sweep:deadline"  # trial system attr: unix time at which hydra.sweeper.time_budget runs out
-STOP_REASON = "stop_reason"  # user attr: why a pruned trial stopped, for the report
-
-_live: dict[str, Any] = {}  # study name -> Study of a sweep running in this very process (in-memory storage)
+_live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
 _opened: dict[tuple, Any] = {}  # (storage url, study name) -> Study, reused by the trials of one worker
 _current: dict[tuple, Any] = {}  # (study name, number, run dir) -> the trial handed out, so trial() is idempotent
 
@@ -52,8 +46,54 @@ class LocalTrial:
         self.user_attrs[key] = value
 
 
+class SweepTrial:
+    """A running trial of the sweep's study, reached through its storage with Optuna's public storage and pruner
+    calls. A resumed run may report its history again: the first report of a step stands."""
+
+    def __init__(self, study, storage, trial_id: int, number: int):
+        self.study, self.number = study, number
+        self._storage, self._id = storage, trial_id
+        frozen = storage.get_trial(trial_id)
+        self.params, self.distributions = dict(frozen.params), dict(frozen.distributions)
+        self.deadline = frozen.system_attrs.get(DEADLINE)
+        self._reported = set(frozen.intermediate_values)
+        self._prunes = type(study.pruner).__name__ != "NopPruner"
+
+    @property
+    def user_attrs(self) -> dict[str, Any]:
+        return dict(self._storage.get_trial(self._id).user_attrs)
+
+    def report(self, value: float, step: int) -> None:
+        if len(self.study.directions) > 1:
+            raise NotImplementedError("trial.report is not supported for multi-objective studies (as in Optuna)")
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"trial.report: the value must be a number, not {value!r}") from None
+        if not (isinstance(step, int) and not isinstance(step, bool) and step >= 0):
+            raise TypeError(f"trial.report: the step must be an integer >= 0, not {step!r}")
+        if step in self._reported:
+            return
+        self._storage.set_trial_intermediate_value(self._id, step, value)
+        self._reported.add(step)
+
+    def should_prune(self) -> bool:
+        if self.deadline is not None and time.time() >= self.deadline:
+            self.set_user_attr(STOP_REASON, "stopped by hydra.sweeper.time_budget")
+            return True
+        if not self._prunes or not self._reported:  # a pruner that never prunes costs no query
+            return False
+        if self.study.pruner.prune(self.study, self._storage.get_trial(self._id)):
+            self.set_user_attr(STOP_REASON, f"pruned at step {max(self._reported)} by {_pruner_name(self.study.pruner)}")
+            return True
+        return False
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self._storage.set_trial_user_attr(self._id, key, value)
+
+
 def trial():
-    """The running trial: an optuna.trial.Trial in a sweep, a LocalTrial stand-in otherwise."""
+    """The running trial: a SweepTrial in a sweep, a LocalTrial stand-in otherwise."""
     number = os.environ.get(TRIAL_ENV)
     if number is None:
         return LocalTrial()
@@ -65,16 +105,20 @@ def trial():
     run_dir = str(Path(hc.runtime.output_dir).resolve())
     key = (os.environ.get(STUDY_ENV), int(number), run_dir)
     if key not in _current:
-        study = _study(hc)
+        study, storage = _study(hc)
         _current.clear()  # one trial per job: the previous job's trial is done
-        _current[key] = _connect(study, int(number), run_dir)
+        study_id = storage.get_study_id_from_name(study.study_name)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
+        storage.set_trial_user_attr(trial_id, RUN_DIR, run_dir)
+        _current[key] = SweepTrial(study, storage, trial_id, int(number))
     return _current[key]
 
 
 def _study(hc):
-    from hydra.utils import instantiate
+    import optuna
 
     from sweep import storage as st
+    from sweep.plugin import PRUNER_TARGETS, build
 
     sw, name = hc.sweeper, os.environ.get(STUDY_ENV) or hc.sweeper.study_name
     if name in _live:
@@ -86,21 +130,16 @@ def _study(hc):
                         "or use hydra/launcher=basic")
     cache_key = (spec.url, name)
     if cache_key not in _opened:
-        pruner = instantiate(sw.pruner, _execution_whitelist_=("optuna.pruners.*",)) if sw.get("pruner") else None
-        _opened[cache_key] = st.load_study(spec, name, "hydra.sweeper.storage", pruner=pruner)
+        pruner = build(sw.pruner, PRUNER_TARGETS, "hydra/sweeper/pruner") if sw.get("pruner") else None
+        backend = st.open_storage(spec, create=False)
+        study = st.load_study_from(backend, spec, name, "hydra.sweeper.storage", pruner=pruner)
+        _opened[cache_key] = (study, backend)
     return _opened[cache_key]
 
 
-def _connect(study, number: int, run_dir: str):
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    trial = _trial_class()(study, trial_id)
-    trial.set_user_attr("run_dir", run_dir)
-    return trial
-
-
-def register(study) -> None:
+def register(study, storage) -> None:
     """A sweep in this process makes its study reachable for in-process jobs (needed for in-memory storage)."""
-    _live[study.study_name] = study
+    _live[study.study_name] = (study, storage)
 
 
 def unregister(study) -> None:
@@ -116,54 +155,14 @@ def _pruner_name(pruner) -> str:
 
 def previous_run_dir(trial) -> Path | None:
     """The run directory of the trial that `trial` retries (its worker died), where its checkpoints are; else None."""
-    if getattr(trial, "study", None) is None:  # a LocalTrial, or a stand-in of the app's own
+    if not isinstance(trial, SweepTrial):  # a LocalTrial, or a stand-in of the app's own
         return None
-    from optuna.storages import RetryHeartbeatStaleTrialCallback
+    from optuna.storages import RetryFailedTrialCallback
 
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen)
+    frozen = trial._storage.get_trial(trial._id)
+    original = RetryFailedTrialCallback.retried_trial_number(frozen)
     if original is None:
         return None
-    for t in trial.study.get_trials(deepcopy=False):
-        if t.number == original and t.user_attrs.get("run_dir"):
-            return Path(t.user_attrs["run_dir"])
-    return None
-
-
-@functools.cache
-def _trial_class():
-    import optuna
-
-    class SweepTrial(optuna.trial.Trial):
-        """optuna.trial.Trial, plus what a sweep adds: the time budget, the reason a trial stopped, and
-        reports that a resumed run may repeat without counting twice."""
-
-        def __init__(self, study, trial_id: int):
-            super().__init__(study, trial_id)
-            attrs = study._storage.get_trial_system_attrs(trial_id)
-            self.deadline = attrs.get(DEADLINE_ATTR)
-            self._reported = set(study._storage.get_trial(trial_id).intermediate_values)
-
-        def report(self, value: float, step: int) -> None:
-            if step in self._reported:  # a resumed run re-reports its history: the first report stands
-                return
-            super().report(value, step)
-            self._reported.add(step)
-
-        def should_prune(self) -> bool:
-            if self.deadline is not None and time.time() >= self.deadline:
-                self.set_user_attr(STOP_REASON, "stopped by hydra.sweeper.time_budget")
-                return True
-            if super().should_prune():
-                step = max(self._reported) if self._reported else 0
-                self.set_user_attr(STOP_REASON, f"pruned at step {step} by {_pruner_name(self.study.pruner)}")
-                return True
-            return False
-
-    return SweepTrial
-
-
-def __getattr__(name: str):
-    if name == "SweepTrial":  # built on first use, so `import sweep` never imports Optuna
-        return _trial_class()
-    raise AttributeError(name)
+    study_id = trial._storage.get_study_id_from_name(trial.study.study_name)
+    before = trial._storage.get_trial(trial._storage.get_trial_id_from_study_id_trial_number(study_id, original))
+    return Path(before.user_attrs[RUN_DIR]) if before.user_attrs.get(RUN_DIR) else None

@@ -266,7 +266,7 @@ def resume(cfg, out_dir: Path, trial, model, optimizer, scheduler, shuffle) -> d
     return {"history": history, "metrics": metrics}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config")  # Hydra 1.4 defaults: no chdir
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)  # this Hydra's defaults (no chdir)
 def main(cfg: DictConfig) -> float:
     """Train one model and return its best validation accuracy: the value the sweeper maximizes."""
     hydra_cfg = HydraConfig.get()

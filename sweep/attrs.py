@@ -1,0 +1,20 @@
+"""Names the sweeper, the task side and the report share: trial attributes and the job's environment."""
+
+# Set for each job through hydra.job.env_set: the trial's number, its study, and the study's storage (absolute,
+# and only when it holds no password; otherwise the job reads hydra.sweeper.storage from its own config).
+TRIAL_ENV, STUDY_ENV, STORAGE_ENV = "SWEEP_TRIAL", "SWEEP_STUDY", "SWEEP_STORAGE"
+
+# Trial user attributes (the report shows them)
+FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in one line
+STOP_REASON = "stop_reason"  # why a pruned trial stopped
+RUN_DIR = "run_dir"  # the job's output folder
+NODE = "node"  # where it ran: Ray's node id under Ray, else the host name
+GPUS = "gpus"  # the CUDA_VISIBLE_DEVICES it was given, "" for none
+STARTUP_SECONDS = "startup_seconds"  # from being asked to starting in a worker (worker start-up, queueing)
+RUN_SECONDS = "run_seconds"  # the job itself, in its worker
+SWEEP_ATTRS = (FAIL_REASON, STOP_REASON, RUN_DIR, NODE, GPUS, STARTUP_SECONDS, RUN_SECONDS)
+
+# Trial system attributes
+DEADLINE = "sweep:deadline"  # unix time at which hydra.sweeper.time_budget runs out
+HEARTBEAT = "sweep:heartbeat"  # unix time the sweep last vouched for the running trial
+SWEEP_DIR = "sweep:dir"  # the sweep folder the trial's run folder lives in

@@ -1,0 +1,287 @@
+"""The pool launcher: trials run in worker processes on this machine, and the sweeper gets one future per trial, so
+the next trial starts the moment any worker is free instead of when the slowest trial of a batch ends.
+
+On a machine with GPUs each worker is pinned to one GPU with CUDA_VISIBLE_DEVICES (its trial sees it as cuda:0),
+and no GPU carries more than trials_per_gpu trials at once. A worker that dies (out of memory, kill -9) fails only
+its own trial, with the signal as the reason, and a new worker takes its slot (and its GPU). Workers die with the
+sweep: each holds the read end of a pipe whose only write end is the sweep's, and kills itself when that closes,
+which the kernel does however the sweep ends. Ctrl-C belongs to the sweep, which then stops its workers.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Sequence
+
+from sweep.errors import UserError
+from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, cpu_cores, run_job
+
+log = logging.getLogger(__name__)
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def visible_gpus() -> list[str]:
+    """The CUDA GPUs this process may use, without importing a framework: CUDA_VISIBLE_DEVICES when set, else what
+    nvidia-smi lists; none on a machine without NVIDIA's driver."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        ids = [g.strip() for g in env.split(",") if g.strip()]
+        return [] if not ids or ids[0] == "-1" else ids
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
+
+
+class PoolLauncher(AsyncLauncher):
+    def __init__(self, n_jobs: Any = None, gpus: Any = None, trials_per_gpu: Any = 1, threads_per_job: Any = None,
+                 console: Any = "file") -> None:
+        gpu_list = list(gpus) if gpus is not None and not isinstance(gpus, (str, bytes)) and hasattr(gpus, "__iter__") else gpus
+        for key, value, ok, allowed in [
+            ("n_jobs", n_jobs, n_jobs is None or _count(n_jobs), "null or an integer >= 1"),
+            ("gpus", gpus, gpus is None or (isinstance(gpu_list, list) and all(
+                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_list)),
+             "null (every visible GPU), [] (CPU only) or a list of device ids such as [0,1]"),
+            ("trials_per_gpu", trials_per_gpu, _count(trials_per_gpu), "an integer >= 1"),
+            ("threads_per_job", threads_per_job, threads_per_job is None or _count(threads_per_job),
+             "null or an integer >= 1"),
+            ("console", console, console in ("file", "terminal"), "file or terminal"),
+        ]:
+            if not ok:
+                raise UserError(f"hydra.launcher.{key}={value!r} is invalid: expected {allowed}")
+        self.n_jobs, self.trials_per_gpu, self.threads_per_job, self.console = n_jobs, trials_per_gpu, threads_per_job, console
+        self.gpus = None if gpus is None else [str(g) for g in gpu_list]
+        self._jobs: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+        self._workers: dict[int, Any] = {}  # slot -> (process, connection)
+        self._lock = threading.Lock()
+        self._closing = False
+        self._ctx = None
+        self._lifeline = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from omegaconf import OmegaConf
+
+        self.config = config
+        task = inspect.unwrap(task_function)  # the app's own function, not the sweeper's guard around it
+        self._task_module = sys.modules.get(getattr(task, "__module__", ""), None)
+        gpus = visible_gpus() if self.gpus is None else self.gpus
+        if gpus:
+            wanted = len(gpus) * self.trials_per_gpu
+            self.slots = min(wanted, self.n_jobs) if self.n_jobs else wanted
+            # Round-robin: with fewer workers than GPU slots, the trials still spread over the GPUs.
+            self.slot_gpus = [gpus[i % len(gpus)] for i in range(self.slots)]
+        else:
+            sweeper_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=1)
+            self.slots = self.n_jobs or (sweeper_jobs if _count(sweeper_jobs) else 1)
+            self.slot_gpus = [""] * self.slots  # CPU only: no trial piles onto a GPU it was not given
+        # Workers share the cores: k workers x threads <= cores, so parallel trials don't fight over them.
+        self.threads = self.threads_per_job or max(1, cpu_cores() // self.slots)
+        self._payload = Payload.of(hydra_context, config, task_function)
+
+    def start(self) -> None:
+        """Start the workers; they warm up (imports, the task's module) while the sweeper prepares."""
+        if self._threads:
+            return
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        on = (f" on GPU(s) {','.join(sorted(set(self.slot_gpus), key=str))}, "
+              f"{self.trials_per_gpu} trial(s) per GPU" if any(self.slot_gpus) else "")
+        log.info("Starting %d worker process(es)%s, %d CPU thread(s) each; trials start as soon as one is free",
+                 self.slots, on, self.threads)
+        for slot in range(self.slots):
+            thread = threading.Thread(target=self._serve, args=(slot,), daemon=True, name=f"pool-slot-{slot}")
+            thread.start()
+            self._threads.append(thread)
+
+    def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
+        """Queue one job; the future's result is its Outcome, or WorkerDied."""
+        self.start()
+        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]  # the job's own overrides
+        log.info("\t#%d : %s", job_idx, " ".join(shown))
+        future: Future = Future()
+        self._jobs.put((future, job_idx, list(overrides)))
+        return future
+
+    def shutdown(self, kill: bool = False) -> None:
+        if not self._threads:
+            return
+        self._closing = True
+        while True:  # jobs nobody took: cancelled, not run
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        for _ in self._threads:
+            self._jobs.put(None)
+        with self._lock:
+            workers = list(self._workers.values())
+            if kill and self._lifeline is not None:
+                self._lifeline[1].close()  # every worker ends itself at once
+                self._lifeline = None
+        for proc, _ in workers:
+            if kill and proc.is_alive():
+                proc.kill()
+        for thread in self._threads:
+            thread.join(timeout=None if not kill else 10)
+        for proc, _ in workers:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+        with self._lock:
+            if self._lifeline is not None:
+                self._lifeline[1].close()
+                self._lifeline = None
+        self._threads = []
+
+    # ------------------------------------------------------------ the thread that feeds one worker
+
+    def _context(self):
+        import multiprocessing as mp
+
+        # Workers share the cores: OpenMP threads that sleep while they wait, instead of spinning, keep a busy
+        # machine from slowing every trial several times over (bench/threads.py). An explicit setting wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # Not fork: a forked copy of a process with threads (torch's, ours) can deadlock. A fork server starts
+        # clean, imports the task's module once, and forks each worker from there: one slow import, not one per
+        # worker.
+        if "forkserver" not in mp.get_all_start_methods():
+            return mp.get_context("spawn")
+        ctx = mp.get_context("forkserver")
+        module = getattr(self._task_module, "__name__", None)
+        ctx.set_forkserver_preload([m for m in (module, "sweep.launcher", "cloudpickle") if m])
+        # A worker forked from the server re-runs a `python -m` main module that the server already imported,
+        # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.
+        if "ignore::RuntimeWarning:runpy" not in sys.warnoptions:
+            sys.warnoptions.append("ignore::RuntimeWarning:runpy")
+        return ctx
+
+    def _spawn(self, slot: int):
+        with self._lock:
+            if self._closing and self._lifeline is None:
+                raise WorkerDied("the sweep is stopping")
+            if self._ctx is None:
+                self._ctx = self._context()
+            if self._lifeline is None:
+                self._lifeline = self._ctx.Pipe(duplex=False)  # (read end for the workers, write end kept here)
+            lifeline = self._lifeline[0]
+        here, there = self._ctx.Pipe()
+        settings = (self.slot_gpus[slot], self.threads)
+        proc = self._ctx.Process(target=_worker_main, args=(there, lifeline, settings),
+                                 name=f"sweep-worker-{slot}", daemon=False)
+        proc.start()
+        there.close()
+        here.send_bytes(self._payload)
+        with self._lock:
+            self._workers[slot] = (proc, here)
+        return proc, here
+
+    def _serve(self, slot: int) -> None:
+        from multiprocessing.connection import wait
+
+        gpus = self.slot_gpus[slot]
+        try:
+            proc, conn = self._spawn(slot)
+        except Exception as e:  # cannot start a process at all: every job this slot takes fails with the reason
+            proc, conn, broken = None, None, e
+        else:
+            broken = None
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                break
+            future, idx, overrides = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            if broken is not None:
+                future.set_exception(WorkerDied(f"no worker process could be started: {broken}", gpus=gpus))
+                continue
+            if not proc.is_alive():  # died while idle: start a fresh one for this job
+                proc, conn = self._spawn(slot)
+            try:
+                conn.send((idx, overrides, self.console))
+                wait([conn, proc.sentinel])
+                future.set_result(conn.recv())
+            except (EOFError, OSError) as e:
+                proc.join(timeout=5)
+                code = proc.exitcode
+                why = (f"worker died: signal {-code}" if code is not None and code < 0
+                       else f"worker exited with code {code}" if code is not None else f"worker lost ({e})")
+                future.set_exception(WorkerDied(why, gpus=gpus))
+                if not self._closing:
+                    log.warning("Trial #%d: %s; starting a new worker%s", idx, why, f" on GPU {gpus}" if gpus else "")
+                    try:
+                        proc, conn = self._spawn(slot)
+                    except WorkerDied:
+                        break
+        try:
+            if conn is not None:
+                conn.send(None)  # finish and exit
+        except OSError:
+            pass
+
+
+# ------------------------------------------------------------ the worker process
+
+
+def _die_with_sweep(lifeline) -> None:
+    """End this process when the sweep ends, however it ends: the lifeline's write end closes with the sweep."""
+    def watch() -> None:
+        try:
+            lifeline.poll(None)  # readable only at end of file: nobody writes to it
+        finally:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, daemon=True, name="lifeline").start()
+    if sys.platform.startswith("linux"):  # and with the process that started it (a fork server, or the sweep)
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+
+def _worker_main(conn, lifeline, settings) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_sweep(lifeline)
+    gpus, threads = settings
+    # Before anything can initialise CUDA: the trial sees its GPU (and only it) as cuda:0.
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpus
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)  # for anything the task starts
+    if "torch" in sys.modules:  # the fork server imported the task's module, and torch with it
+        sys.modules["torch"].set_num_threads(threads)
+    import cloudpickle
+
+    payload = cloudpickle.loads(conn.recv_bytes())
+    while True:
+        message = conn.recv()
+        if message is None:
+            return
+        idx, overrides, console = message
+        outcome: Outcome = run_job(payload, idx, overrides, console)
+        conn.send(outcome)
+
+
+__all__ = ["PoolLauncher", "visible_gpus"]

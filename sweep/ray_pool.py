@@ -1,0 +1,155 @@
+"""The Ray launcher: one Ray task per trial, on a local Ray or an existing cluster, with one future per trial so the
+sweeper refills the moment any trial ends, on any node.
+
+Trials reach the study through its storage (SQLite on one machine, PostgreSQL across machines). A task is never
+retried by Ray: a dead worker or node fails only its own trial, and hydra.sweeper.retries decides. Stopping the
+sweep (Ctrl-C, SIGTERM) cancels the running tasks, forcefully, so no Ray task keeps training.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import math
+import threading
+from concurrent.futures import Future
+from typing import Any, Sequence
+
+from sweep.errors import UserError, first_line
+from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, cpu_cores, run_job
+
+log = logging.getLogger(__name__)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
+class RayPoolLauncher(AsyncLauncher):
+    def __init__(self, address: Any = None, n_jobs: Any = None, num_cpus_per_trial: Any = 1,
+                 num_gpus_per_trial: Any = 0, console: Any = "file") -> None:
+        for key, value, ok, allowed in [
+            ("address", address, address is None or (isinstance(address, str) and address.strip() != ""),
+             "null (start a local Ray), auto, or host:port of a running cluster"),
+            ("n_jobs", n_jobs, n_jobs is None or (isinstance(n_jobs, int) and not isinstance(n_jobs, bool)
+                                                  and n_jobs >= 1), "null or an integer >= 1"),
+            ("num_cpus_per_trial", num_cpus_per_trial, _number(num_cpus_per_trial), "a number >= 0"),
+            ("num_gpus_per_trial", num_gpus_per_trial, _number(num_gpus_per_trial), "a number >= 0"),
+            ("console", console, console in ("file", "terminal"), "file or terminal"),
+        ]:
+            if not ok:
+                raise UserError(f"hydra.launcher.{key}={value!r} is invalid: expected {allowed}")
+        if importlib.util.find_spec("ray") is None:
+            raise UserError("hydra/launcher=ray_pool needs Ray, which is not installed here: pip install 'sweep[ray]'")
+        self.address, self.n_jobs, self.console = address, n_jobs, console
+        self.cpus, self.gpus = num_cpus_per_trial, num_gpus_per_trial
+        self._refs: dict[Any, Future] = {}
+        self._lock = threading.Lock()
+        self._started_ray = False
+        self._remote = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config = config
+        self._payload = Payload.of(hydra_context, config, task_function)
+
+    def start(self) -> None:
+        import ray
+
+        if self._remote is not None:
+            return
+        if not ray.is_initialized():
+            options: dict[str, Any] = dict(address=self.address, include_dashboard=False,
+                                           log_to_driver=self.console == "terminal", configure_logging=False)
+            if self.address is None:
+                options["num_cpus"] = cpu_cores()
+            try:
+                ray.init(**options)
+            except Exception as e:  # nothing listens there, or a version mismatch
+                raise UserError(f"hydra.launcher.address={self.address!r}: cannot reach a Ray cluster there "
+                                f"({first_line(e)}); start one with `ray start --head`, or set address=null for a "
+                                "local Ray") from None
+            self._started_ray = True
+        resources = ray.cluster_resources()
+        if self.n_jobs is not None:
+            self.slots = self.n_jobs
+        else:  # as many trials as the cluster's resources fit now
+            fits = [resources.get("CPU", 0) / self.cpus if self.cpus else math.inf,
+                    resources.get("GPU", 0) / self.gpus if self.gpus else math.inf]
+            self.slots = max(1, int(min(fits))) if min(fits) < math.inf else cpu_cores()
+        if self.gpus and resources.get("GPU", 0) < self.gpus:
+            raise UserError(f"hydra.launcher.num_gpus_per_trial={self.gpus}: the Ray cluster has "
+                            f"{resources.get('GPU', 0):g} GPU(s); lower it or join a cluster with GPUs")
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        log.info("Ray: %d node(s), %g CPU(s), %g GPU(s); %d trial(s) at a time, %g CPU and %g GPU each",
+                 nodes, resources.get("CPU", 0), resources.get("GPU", 0), self.slots, self.cpus, self.gpus)
+        self._payload_ref = ray.put(self._payload)
+        # max_retries=0: a lost worker fails its trial, and the sweeper's retries (not Ray's) decide what follows.
+        self._remote = ray.remote(_ray_job).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
+                                                     retry_exceptions=False)
+
+    def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
+        self.start()
+        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+        log.info("\t#%d : %s", job_idx, " ".join(shown))
+        ref = self._remote.remote(self._payload_ref, job_idx, list(overrides), self.console)
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        with self._lock:
+            self._refs[ref] = future
+        ref.future().add_done_callback(lambda done: self._resolve(ref, done, future))
+        return future
+
+    def _resolve(self, ref, done: Future, future: Future) -> None:
+        with self._lock:
+            self._refs.pop(ref, None)
+        if future.done():
+            return
+        try:
+            future.set_result(done.result())
+        except Exception as e:
+            future.set_exception(_as_worker_death(e))
+
+    def shutdown(self, kill: bool = False) -> None:
+        import ray
+
+        with self._lock:
+            refs = list(self._refs)
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)  # the worker process ends: nothing keeps training
+            except Exception as e:
+                log.warning("Ray task not cancelled: %s", first_line(e))
+        if refs:
+            ray.wait(refs, num_returns=len(refs), timeout=30)
+        if self._started_ray and ray.is_initialized():
+            ray.shutdown()
+        self._started_ray, self._remote = False, None
+
+
+def _as_worker_death(e: BaseException) -> BaseException:
+    """Ray's words for a lost worker, node or task, as the reason the trial failed."""
+    import ray.exceptions as rex
+
+    lost = (rex.WorkerCrashedError, rex.NodeDiedError, rex.LocalRayletDiedError, rex.OutOfMemoryError,
+            rex.TaskCancelledError, rex.ObjectLostError, rex.OwnerDiedError)
+    if isinstance(e, lost):
+        return WorkerDied(f"Ray worker lost: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e) else ''}")
+    return e
+
+
+_payloads: dict[bytes, Payload] = {}  # in a Ray worker process: the sweep's payload, unpickled once
+
+
+def _ray_job(payload: bytes, idx: int, overrides: list[str], console: str) -> Outcome:
+    import cloudpickle
+    import ray
+
+    key = hashlib.blake2b(payload, digest_size=16).digest()
+    if key not in _payloads:
+        _payloads.clear()
+        _payloads[key] = cloudpickle.loads(payload)
+    return run_job(_payloads[key], idx, overrides, console, node=ray.get_runtime_context().get_node_id())
+
+
+__all__ = ["RayPoolLauncher"]

@@ -1,0 +1,188 @@
+"""The one scheduling loop: keep the launcher's slots full, and tell the study about each trial as it ends.
+
+With an AsyncLauncher (pool, Ray, SLURM) the next trial is asked for the moment any one ends; a plain Hydra
+launcher is driven through BatchAdapter, where each batch waits for its slowest trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import optuna
+from optuna.samplers import GridSampler
+from optuna.trial import TrialState
+
+from sweep import attrs
+from sweep import storage as st
+from sweep.errors import UserError, first_line
+from sweep.launcher import BatchAdapter, Outcome, WorkerDied, job_error
+from sweep.study import StudyHandle
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 1.0  # how often the loop looks up from waiting: storage watch, time limits
+
+
+class LostStorage(Exception):
+    pass
+
+
+@dataclass
+class Limits:
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float = 0.0
+    timeout: float | None = None  # no new trial after this many seconds
+    time_budget: float | None = None  # running trials stop at their next report after this many seconds
+    retries: int = 0
+
+
+@dataclass
+class Scheduler:
+    handle: StudyHandle
+    runner: Any  # AsyncLauncher or BatchAdapter
+    limits: Limits
+    distributions: dict  # the search space Optuna samples from
+    make_job: Callable[[optuna.trial.Trial], list[str]]  # a trial's overrides
+    progress: "Any"
+    watch: st.FileWatch
+    asked: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    inflight: dict[Future, optuna.trial.Trial] = field(default_factory=dict)
+
+    def run(self) -> None:
+        limits = self.limits
+        self._target = limits.n_trials  # grows by one for each retry queued: a lost worker costs no trial
+        started = time.monotonic()
+        stop_asking_at = started + min(_inf(limits.timeout), _inf(limits.time_budget))
+        deadline = time.time() + limits.time_budget if limits.time_budget else None
+        self.progress.deadline = stop_asking_at if stop_asking_at < math.inf else None
+        self._asked_at: dict[int, float] = {}
+        self.handle.start_heartbeats(lambda: [t.number for t in list(self.inflight.values())])
+        next_stale_check = started + self.handle.heartbeat_interval
+        while len(self.asked) < self._target or self.inflight:
+            problem = self.watch.check()
+            if problem:
+                raise LostStorage(problem)
+            if time.monotonic() > next_stale_check:  # another sweep on this study may have died
+                self._target += len(self.handle.fail_stale()) if limits.retries else 0
+                next_stale_check = time.monotonic() + self.handle.heartbeat_interval
+            while (self._accepting(stop_asking_at) and len(self.asked) < self._target
+                   and len(self.inflight) < limits.n_jobs):
+                self._start_one(deadline)
+            if isinstance(self.runner, BatchAdapter):
+                self.runner.dispatch()
+            if not self.inflight:
+                break
+            done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
+            for future in done:
+                self._finish(self.inflight.pop(future), future)
+
+    def _accepting(self, stop_asking_at: float) -> bool:
+        if len(self.failures) > self.limits.max_failure_rate * self.limits.n_trials:
+            return False
+        if time.monotonic() >= stop_asking_at:
+            return False
+        sampler = self.handle.study.sampler
+        return not (isinstance(sampler, GridSampler) and sampler.is_exhausted(self.handle.study))
+
+    def _start_one(self, deadline: float | None) -> None:
+        trial = self.handle.ask(self.distributions, deadline)
+        self.asked.append(trial.number)
+        self._asked_at[trial.number] = time.time()
+        try:
+            overrides = self.make_job(trial)
+        except UserError:
+            self.handle.tell(trial, state=TrialState.FAIL, reason="its configuration could not be made")
+            raise
+        self.inflight[self.runner.submit(overrides, trial.number)] = trial
+        self.progress.started(trial.number)
+
+    def _finish(self, trial: optuna.trial.Trial, future: Future) -> None:
+        outcome: Outcome | None = None
+        try:
+            outcome = future.result()
+            error = job_error(outcome.ret) if outcome.ret.status.name != "COMPLETED" else None
+        except Exception as e:  # WorkerDied, or the engine's own error
+            error = e
+        self._record_where(trial.number, outcome, error)
+        if error is None:
+            values, problem = objective_values(outcome.ret.return_value, len(self.handle.directions))
+            if problem is None:
+                if self.handle.tell(trial, values=values):
+                    self.progress.ended(trial.number, TrialState.COMPLETE, values)
+                return
+            error = ValueError(problem)
+        if isinstance(error, optuna.TrialPruned):
+            why = self.handle.frozen(trial.number).user_attrs.get(attrs.STOP_REASON)
+            if why is None:  # raised without asking should_prune()
+                why = f"pruned: {error}" if str(error) else "pruned by the task"
+                trial.set_user_attr(attrs.STOP_REASON, why)
+            if self.handle.tell(trial, state=TrialState.PRUNED):
+                self.progress.ended(trial.number, TrialState.PRUNED, None, why)
+            return
+        reason = first_line(error)[:500]
+        if not self.handle.tell(trial, state=TrialState.FAIL, reason=reason):
+            return
+        self.failures.append(reason)
+        self.progress.ended(trial.number, TrialState.FAIL, None, reason)
+        if isinstance(error, WorkerDied) and self.limits.retries:
+            before = len(self.handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+            self.handle.retry(trial.number)
+            if len(self.handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
+                self._target += 1
+
+    def _record_where(self, number: int, outcome: Outcome | None, error: BaseException | None) -> None:
+        """Where and for how long the trial ran: the report shows it, and start-up is kept out of its seconds."""
+        values: dict[str, Any] = {}
+        if outcome is not None:
+            values = {attrs.NODE: outcome.node, attrs.GPUS: outcome.gpus}
+            if outcome.started is not None:
+                values[attrs.STARTUP_SECONDS] = round(max(0.0, outcome.started - self._asked_at[number]), 3)
+            if outcome.seconds is not None:
+                values[attrs.RUN_SECONDS] = round(outcome.seconds, 3)
+        elif isinstance(error, WorkerDied):
+            values = {attrs.NODE: error.node, attrs.GPUS: error.gpus}
+        trial_id = self.handle.trial_id(number)
+        for key, value in values.items():
+            try:
+                self.handle.backend.set_trial_user_attr(trial_id, key, value)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                return
+
+
+def objective_values(value: Any, n: int) -> tuple[list[float] | None, str | None]:
+    """The objective values a task returned, or why they cannot be used: a number per objective, never a string or
+    a bool (float('0.5') and float(True) would pass silently)."""
+    def number(v: Any) -> bool:
+        if isinstance(v, (str, bytes, bool)) or type(v).__name__ == "bool_":
+            return False
+        return isinstance(v, numbers.Real) or (hasattr(v, "__float__") and getattr(v, "ndim", 0) == 0)
+
+    expected = "a number" if n == 1 else f"a sequence of {n} numbers"
+    items = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "ListConfig" else None
+    if items is None and n == 1:
+        items = [value]
+    if items is None or not all(number(v) for v in items):
+        return None, f"the task returned {_short(value)}, expected {expected}"
+    values = [float(v) for v in items]
+    if len(values) != n:
+        return None, (f"the task returned {_short(tuple(values))}, expected {n} value(s): hydra.sweeper.direction "
+                      f"has {n} objective(s)")
+    if not all(math.isfinite(v) for v in values):
+        return None, f"the task returned {_short(value)}, not a finite number"
+    return values, None
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _inf(value: float | None) -> float:
+    return math.inf if value is None else value

@@ -1,0 +1,145 @@
+"""The SLURM launcher: one submitit job per trial, with a future per job, so the allocation stays busy: the next
+trial is submitted the moment any job ends, not when a whole array does.
+
+A job that is preempted, times out or is killed fails its trial with SLURM's reason; hydra.sweeper.retries then
+queues it again, and an app that keeps a last.pt (sweep.train does) resumes from it. submitit's local executor
+(executor: local) runs the same jobs as processes on this machine, for laptops and tests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, Sequence
+
+from sweep.errors import UserError, first_line
+from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, run_job
+
+log = logging.getLogger(__name__)
+COMMON = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name"}  # submitit's own
+POLL_SECONDS = 1.0  # how often running jobs are checked (submitit caches SLURM's answers itself)
+
+
+class SlurmPoolLauncher(AsyncLauncher):
+    def __init__(self, executor: Any = "slurm", n_jobs: Any = None, submitit_folder: Any = None,
+                 **settings: Any) -> None:
+        if executor not in ("slurm", "local"):
+            raise UserError(f"hydra.launcher.executor={executor!r} is invalid: expected slurm or local")
+        if n_jobs is not None and not (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs >= 1):
+            raise UserError(f"hydra.launcher.n_jobs={n_jobs!r} is invalid: expected null or an integer >= 1")
+        timeout = settings.get("timeout_min", 60)
+        if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
+            raise UserError(f"hydra.launcher.timeout_min={timeout!r} is invalid: expected minutes > 0")
+        if importlib.util.find_spec("submitit") is None:
+            raise UserError("hydra/launcher=slurm_pool needs submitit, which is not installed here: "
+                            "pip install 'sweep[slurm]'")
+        self.executor_name, self.n_jobs, self.folder = executor, n_jobs, submitit_folder
+        self.settings = {k: v for k, v in settings.items() if v is not None}
+        self._jobs: dict[Any, tuple[Future, int]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._executor = None
+        self._watcher: threading.Thread | None = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from omegaconf import OmegaConf
+
+        self.config = config
+        self._payload = Payload.of(hydra_context, config, task_function)
+        if self.n_jobs is None:
+            sweeper_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=None)
+            self.slots = sweeper_jobs if isinstance(sweeper_jobs, int) and sweeper_jobs >= 1 else 1
+        else:
+            self.slots = self.n_jobs
+
+    def start(self) -> None:
+        import submitit
+        from omegaconf import OmegaConf
+
+        if self._executor is not None:
+            return
+        name = self.executor_name
+        folder = self.folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
+        # No requeueing by submitit: a timed-out or preempted job fails its trial, and the sweeper's retries decide.
+        executor = submitit.AutoExecutor(folder=folder, cluster=name, **{f"{name}_max_num_timeout": 0})
+        params = {}
+        for key, value in self.settings.items():
+            value = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            if key in COMMON:
+                params[key] = value
+            elif name == "slurm":
+                params[f"slurm_{key}"] = value
+            elif key not in ("signal_delay_s", "additional_parameters", "srun_args") and value not in ({}, []):
+                log.warning("hydra.launcher.%s applies to SLURM only; the local executor ignores it", key)
+        try:
+            executor.update_parameters(**params)
+        except Exception as e:
+            raise UserError(f"hydra/launcher=slurm_pool: {first_line(e)}") from None
+        self._executor = executor
+        log.info("submitit %s executor: one job per trial, %d at a time; job files in %s", name, self.slots,
+                 folder.replace("%j", "<job id>"))
+        self._watcher = threading.Thread(target=self._watch, daemon=True, name="slurm-pool-watch")
+        self._watcher.start()
+
+    def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
+        self.start()
+        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        try:
+            job = self._executor.submit(_submitit_job, self._payload, job_idx, list(overrides))
+        except Exception as e:  # sbatch refused it: a bad partition, no such account
+            future.set_exception(UserError(f"hydra/launcher=slurm_pool: the job was not accepted: {first_line(e)}"))
+            return future
+        log.info("\t#%d : %s (job %s)", job_idx, " ".join(shown), job.job_id)
+        with self._lock:
+            self._jobs[job] = (future, job_idx)
+        return future
+
+    def _watch(self) -> None:
+        while not self._stop.wait(POLL_SECONDS):
+            with self._lock:
+                jobs = list(self._jobs.items())
+            for job, (future, idx) in jobs:
+                try:
+                    if not job.done():
+                        continue
+                except Exception as e:  # sacct unreachable for a moment: ask again next round
+                    log.debug("job %s state unknown: %s", job.job_id, first_line(e))
+                    continue
+                with self._lock:
+                    self._jobs.pop(job, None)
+                try:
+                    future.set_result(job.result())
+                except Exception as e:  # timed out, preempted, cancelled, killed: the job never answered
+                    state = getattr(job, "state", "UNKNOWN")
+                    why = first_line(e).split(" has not produced any output")[0]
+                    future.set_exception(WorkerDied(f"SLURM job {job.job_id} ended {state}: {why}"[:300]))
+
+    def shutdown(self, kill: bool = False) -> None:
+        with self._lock:
+            jobs = list(self._jobs.items())
+            self._jobs.clear()
+        for job, (future, _) in jobs:
+            try:
+                job.cancel(check=False)
+            except Exception as e:
+                log.warning("job %s not cancelled: %s", job.job_id, first_line(e))
+            if not future.done():
+                future.set_exception(WorkerDied("the sweep stopped; job cancelled"))
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=10)
+        self._executor = None
+
+
+def _submitit_job(payload: bytes, idx: int, overrides: list[str]) -> Outcome:
+    import cloudpickle
+
+    return run_job(cloudpickle.loads(payload), idx, overrides, "file")
+
+
+__all__ = ["SlurmPoolLauncher"]

@@ -1,0 +1,172 @@
+"""One study in its storage, through Optuna's public API: open or resume it, ask and tell, keep running trials
+alive with heartbeats, and fail (and retry) the trials of a sweep that died.
+
+Heartbeats are a trial system attribute that the sweep refreshes, so they work on every storage, the journal
+included: a RUNNING trial whose heartbeat is older than the grace period belongs to a sweep that is gone.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import time
+import warnings
+from typing import Any, Callable, Iterable
+
+import optuna
+from optuna.storages import RetryFailedTrialCallback
+from optuna.trial import TrialState
+
+from sweep import storage as st
+from sweep.errors import UserError, first_line
+from sweep.plugin import SAMPLER_TARGETS, build
+from sweep.attrs import DEADLINE, FAIL_REASON, HEARTBEAT
+
+log = logging.getLogger(__name__)
+
+
+class StudyHandle:
+    def __init__(self, spec: st.Storage, name: str | None, directions: list[str], sampler: Any, pruner: Any,
+                 metric_names: list[str] | None, heartbeat_interval: int, grace_period: int, retries: int):
+        self.spec, self.name, self.directions = spec, name, directions
+        self.sampler, self.pruner, self.metric_names = sampler, pruner, metric_names
+        self.heartbeat_interval, self.grace_period, self.retries = heartbeat_interval, grace_period, retries
+        self._beating = threading.Event()
+        self._ids: dict[int, int] = {}  # trial number -> trial id
+
+    def open(self, enqueue: list[dict], sampler_cfg: Any = None) -> int:
+        """Create or load the study; returns how many trials it already had."""
+        self.backend = st.open_storage(self.spec)
+        try:
+            self.study = optuna.create_study(study_name=self.name, storage=self.backend, sampler=self.sampler,
+                                             pruner=self.pruner, directions=self.directions, load_if_exists=True)
+        except ValueError as e:  # an existing study with other directions
+            raise UserError(f"hydra.sweeper.direction: {e}") from None
+        found = [d.name.lower() for d in self.study.directions]
+        if found != self.directions:
+            raise UserError(f"hydra.sweeper.direction={self.directions} does not match study "
+                            f"{self.study.study_name!r}, which is {found}; use another study_name")
+        self.study_id = self.backend.get_study_id_from_name(self.study.study_name)
+        if self.metric_names and self.study.metric_names != self.metric_names:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names(self.metric_names)
+        self.fail_stale()
+        earlier = len(self.study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)))
+        for params in enqueue:  # known-good starting points; skipped when the study already has them
+            self.study.enqueue_trial(params, skip_if_exists=True)
+        seed = sampler_cfg.get("seed") if sampler_cfg is not None and hasattr(sampler_cfg, "get") else None
+        if earlier and seed is not None and not isinstance(self.sampler, functools.partial):
+            # A resumed study with a seeded sampler would otherwise replay the first run's configurations.
+            self.study.sampler = build(sampler_cfg, SAMPLER_TARGETS, "hydra/sweeper/sampler", seed=seed + earlier)
+        return earlier
+
+    def delete_if_empty(self) -> None:
+        """Undo opening a study that never got a trial (the sweep was refused right after)."""
+        if not self.study.get_trials(deepcopy=False):
+            optuna.delete_study(study_name=self.study.study_name, storage=self.backend)
+
+    # ------------------------------------------------------------ trials
+
+    def trial_id(self, number: int) -> int:
+        if number not in self._ids:
+            self._ids[number] = self.backend.get_trial_id_from_study_id_trial_number(self.study_id, number)
+        return self._ids[number]
+
+    def ask(self, distributions: dict, deadline: float | None) -> optuna.trial.Trial:
+        with warnings.catch_warnings():  # samplers warn about what they cannot do jointly; the space is the user's
+            warnings.simplefilter("ignore", UserWarning)
+            trial = self.study.ask(fixed_distributions=distributions)
+        attrs = {HEARTBEAT: time.time(), DEADLINE: deadline}  # a retried trial carries its first run's deadline
+        trial_id = self.trial_id(trial.number)
+        for key, value in attrs.items():
+            self.backend.set_trial_system_attr(trial_id, key, value)
+        return trial
+
+    def tell(self, trial: optuna.trial.Trial | int, values: list[float] | None = None,
+             state: TrialState = TrialState.COMPLETE, reason: str | None = None) -> bool:
+        """Finish a trial; False when it was finished already (another sweep failed it as stale)."""
+        number = trial if isinstance(trial, int) else trial.number
+        try:
+            if reason is not None:
+                self.backend.set_trial_user_attr(self.trial_id(number), FAIL_REASON, reason)
+            self.study.tell(trial, values=values, state=None if values is not None else state,
+                            skip_if_finished=True)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return False
+        except RuntimeError as e:
+            # A sampler's after_trial may raise after the tell went through: GridSampler calls study.stop() once
+            # the grid is exhausted, which Optuna allows only inside optimize(). The state is what counts.
+            if not self.backend.get_trial(self.trial_id(number)).state.is_finished():
+                raise
+            if not isinstance(self.sampler, functools.partial):
+                log.warning("the sampler complained after trial %d: %s", number, first_line(e))
+        return True
+
+    def frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        return self.backend.get_trial(self.trial_id(number))
+
+    def retry(self, number: int) -> None:
+        """Queue the trial again with its parameters (a lost worker is not the configuration's fault)."""
+        if self.retries:
+            RetryFailedTrialCallback(self.retries, inherit_intermediate_values=True)(
+                self.study, self.frozen(number))
+
+    # ------------------------------------------------------------ heartbeats
+
+    def fail_stale(self) -> list[int]:
+        """FAIL the RUNNING trials whose sweep stopped vouching for them, with that reason, and queue retries."""
+        if self.spec.kind == "memory":
+            return []
+        now, failed = time.time(), []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            beat = t.system_attrs.get(HEARTBEAT)
+            if t.number in self._ids or not isinstance(beat, (int, float)) or now - beat <= self.grace_period:
+                continue  # ours, from a sweep that predates heartbeats, or alive
+            if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
+                log.warning("Trial %d: its sweep stopped sending heartbeats %.0f s ago; marked FAIL",
+                            t.number, now - beat)
+                failed.append(t.number)
+                self.retry(t.number)
+        return failed
+
+    def start_heartbeats(self, running: Callable[[], Iterable[int]]) -> None:
+        if self.spec.kind == "memory":
+            return
+
+        def beat():
+            while not self._beating.wait(self.heartbeat_interval):
+                try:
+                    now = time.time()
+                    for number in list(running()):
+                        self.backend.set_trial_system_attr(self.trial_id(number), HEARTBEAT, now)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # it finished between the listing and the write
+                except st.errors() as e:  # the main loop reports a lost database; keep trying meanwhile
+                    log.warning("heartbeat not recorded: %s", first_line(e))
+
+        threading.Thread(target=beat, daemon=True, name="sweep-heartbeat").start()
+
+    def stop_heartbeats(self) -> None:
+        self._beating.set()
+
+    def fail_running(self, numbers: Iterable[int], reason: str) -> None:
+        """Never leave the trials of a stopped sweep RUNNING."""
+        for number in numbers:
+            try:
+                if not self.frozen(number).state.is_finished():
+                    self.tell(number, state=TrialState.FAIL, reason=reason)
+            except st.errors() as e:
+                log.warning("trial %d not marked FAIL: %s", number, first_line(e))
+
+
+def deadline_of(time_budget: float | None) -> float | None:
+    """Wall-clock time (unix seconds) at which a time budget ends: workers may run on other machines."""
+    return time.time() + time_budget if time_budget else None
+
+
+def no_limit(value: float | None) -> float:
+    return math.inf if value is None else value
