@@ -7,8 +7,11 @@ import hydra
 from omegaconf import DictConfig
 from optuna.trial import Trial
 
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
 
-@hydra.main(config_path="conf", config_name="custom_search_space", version_base=None)
+
+@hydra.main(config_path="conf", config_name="custom_search_space", **HYDRA_DEFAULTS)
 def multi_dimensional_sphere(cfg: DictConfig) -> float:
     return cfg.w**2 + cfg.x**2 + cfg.y**2 + cfg.z**2
 

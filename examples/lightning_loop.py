@@ -13,6 +13,9 @@ from torch import nn
 from pytorch_loop import spirals
 from sweep.lightning import PruningCallback
 
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
+
 
 class Classifier(lightning.LightningModule):
     def __init__(self, width: int, lr: float):
@@ -32,7 +35,7 @@ class Classifier(lightning.LightningModule):
         return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
-@hydra.main(config_path="conf", config_name="lightning_loop", version_base=None)
+@hydra.main(config_path="conf", config_name="lightning_loop", **HYDRA_DEFAULTS)
 def main(cfg: DictConfig) -> float:
     lightning.seed_everything(cfg.seed, verbose=False)
     x, y = spirals(1200, seed=0)

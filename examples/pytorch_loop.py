@@ -14,6 +14,9 @@ from torch import nn
 
 import sweep
 
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
+
 
 def spirals(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Two interleaved spirals: a small problem that still needs hidden layers."""
@@ -24,7 +27,7 @@ def spirals(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x + 0.05 * torch.randn(n, 2, generator=g), y
 
 
-@hydra.main(config_path="conf", config_name="pytorch_loop", version_base=None)
+@hydra.main(config_path="conf", config_name="pytorch_loop", **HYDRA_DEFAULTS)
 def main(cfg: DictConfig) -> float:
     torch.manual_seed(cfg.seed)
     x, y = spirals(1200, seed=0)  # the same data for every trial: 1000 to train on, 200 to validate

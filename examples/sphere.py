@@ -7,8 +7,11 @@
 import hydra
 from omegaconf import DictConfig
 
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
 
-@hydra.main(config_path="conf", config_name="sphere", version_base=None)
+
+@hydra.main(config_path="conf", config_name="sphere", **HYDRA_DEFAULTS)
 def sphere(cfg: DictConfig) -> float:
     if cfg.get("error", False):
         raise RuntimeError("cfg.error is True")

@@ -60,15 +60,19 @@ class AsyncLauncher(Launcher):
         """Stop: let running jobs finish, or (kill) end them now, leaving nothing running."""
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Hydra's batch interface (the basic sweeper uses it): the jobs' returns in order."""
-        futures = [self.submit(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
-        returns = []
-        for overrides, future in zip(job_overrides, futures):
-            try:
-                returns.append(future.result().ret)
-            except WorkerDied as e:
-                returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e))
-        return returns
+        """Hydra's batch interface, for other sweepers (Hydra's basic one): the jobs' returns in order. Workers are
+        started for the batch and stopped after it."""
+        try:
+            futures = [self.submit(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+            returns = []
+            for overrides, future in zip(job_overrides, futures):
+                try:
+                    returns.append(future.result().ret)
+                except WorkerDied as e:
+                    returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e))
+            return returns
+        finally:
+            self.shutdown()
 
 
 class BatchAdapter:
@@ -216,12 +220,18 @@ def job_error(ret: JobReturn) -> BaseException | None:
 
 
 def _picklable(ret: JobReturn) -> JobReturn:
-    """A JobReturn the sweep can unpickle: an exception that will not pickle becomes its one-line description,
-    and so does a return value (the sweeper only needs numbers)."""
+    """A JobReturn the sweep can unpickle, a failure with its traceback and causes (tblib); an exception that will
+    not pickle becomes its one-line description, and so does a return value (the sweeper only needs numbers)."""
     import pickle
+
+    from tblib import pickling_support
 
     from sweep.errors import first_line
 
+    error = job_error(ret)
+    while error is not None:
+        pickling_support.install(error)
+        error = error.__cause__ or error.__context__
     try:
         pickle.loads(pickle.dumps(ret))
         return ret

@@ -235,18 +235,27 @@ class SlurmPoolLauncherConf:
 
 
 def register() -> None:
+    """Put the configs in Hydra's ConfigStore, leaving entries that are there already: Hydra may load this module
+    more than once, and hydra-optuna-sweeper, when installed, registers the same sampler group (same fields)."""
     store = ConfigStore.instance()
-    store.store(group="hydra/sweeper", name="sweep", node=SweeperConf, provider="sweep")
-    for name, node in [("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf),
-                       ("cmaes", CmaEsSamplerConf), ("nsgaii", NSGAIISamplerConf), ("nsgaiii", NSGAIIISamplerConf),
-                       ("gp", GPSamplerConf), ("qmc", QMCSamplerConf)]:
-        store.store(group="hydra/sweeper/sampler", name=name, node=node, provider="sweep")
-    for name, node in [("none", NoPrunerConf), ("median", MedianPrunerConf), ("halving", HalvingPrunerConf),
-                       ("hyperband", HyperbandPrunerConf)]:
-        store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="sweep")
-    for name, node in [("pool", PoolLauncherConf), ("ray_pool", RayPoolLauncherConf),
-                       ("slurm_pool", SlurmPoolLauncherConf)]:
-        store.store(group="hydra/launcher", name=name, node=node, provider="sweep")
+    entries = [("hydra/sweeper", "sweep", SweeperConf)]
+    entries += [("hydra/sweeper/sampler", name, node) for name, node in [
+        ("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
+        ("nsgaii", NSGAIISamplerConf), ("nsgaiii", NSGAIIISamplerConf), ("gp", GPSamplerConf), ("qmc", QMCSamplerConf)]]
+    entries += [("hydra/sweeper/pruner", name, node) for name, node in [
+        ("none", NoPrunerConf), ("median", MedianPrunerConf), ("halving", HalvingPrunerConf),
+        ("hyperband", HyperbandPrunerConf)]]
+    entries += [("hydra/launcher", name, node) for name, node in [
+        ("pool", PoolLauncherConf), ("ray_pool", RayPoolLauncherConf), ("slurm_pool", SlurmPoolLauncherConf)]]
+    present: dict[str, set[str]] = {}
+    for group, name, node in entries:
+        if group not in present:
+            try:
+                present[group] = {entry.rsplit(".", 1)[0] for entry in store.list(group)}
+            except Exception:  # no such group yet
+                present[group] = set()
+        if name not in present[group]:
+            store.store(group=group, name=name, node=node, provider="sweep")
 
 
 # ---------------------------------------------------------------- building what a config names

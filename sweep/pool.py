@@ -50,6 +50,22 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] if out.returncode == 0 else []
 
 
+_pools_running = 0  # pools in this process that may be using multiprocessing's fork server
+_pools_lock = threading.Lock()
+
+
+def _stop_fork_server() -> None:
+    """End multiprocessing's fork server and resource tracker once no pool needs them, so nothing of a sweep outlives
+    it (in a notebook or a test process the server would keep the task's imports in memory; either restarts on
+    demand). multiprocessing has no public call for this; tests/plugin/test_private_api.py fails if it changes."""
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+        stop = getattr(helper, "_stop", None)
+        if stop is not None:
+            stop()
+
+
 class PoolLauncher(AsyncLauncher):
     def __init__(self, n_jobs: Any = None, gpus: Any = None, trials_per_gpu: Any = 1, threads_per_job: Any = None,
                  console: Any = "file") -> None:
@@ -98,8 +114,11 @@ class PoolLauncher(AsyncLauncher):
 
     def start(self) -> None:
         """Start the workers; they warm up (imports, the task's module) while the sweeper prepares."""
+        global _pools_running
         if self._threads:
             return
+        with _pools_lock:
+            _pools_running += 1
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         on = (f" on GPU(s) {','.join(sorted(set(self.slot_gpus), key=str))}, "
               f"{self.trials_per_gpu} trial(s) per GPU" if any(self.slot_gpus) else "")
@@ -152,6 +171,13 @@ class PoolLauncher(AsyncLauncher):
                 self._lifeline[1].close()
                 self._lifeline = None
         self._threads = []
+        self._closing = False
+        global _pools_running
+        with _pools_lock:
+            _pools_running -= 1
+            if _pools_running == 0 and self._ctx is not None and self._ctx.get_start_method() == "forkserver":
+                _stop_fork_server()
+        self._ctx = None
 
     # ------------------------------------------------------------ the thread that feeds one worker
 

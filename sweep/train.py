@@ -38,6 +38,9 @@ from sweep.device import choose_precision, resolve_device  # noqa: E402
 from sweep.errors import UserError  # noqa: E402
 from sweep.model import build_model, build_optimizer, count_parameters  # noqa: E402
 
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
+
 log = logging.getLogger(__name__)
 
 # The metric the sweeper maximizes and the report ranks by: the best epoch's validation accuracy.
@@ -266,7 +269,7 @@ def resume(cfg, out_dir: Path, trial, model, optimizer, scheduler, shuffle) -> d
     return {"history": history, "metrics": metrics}
 
 
-@hydra.main(config_path=CONF_DIR, config_name="config", version_base=None)  # this Hydra's defaults (no chdir)
+@hydra.main(config_path=CONF_DIR, config_name="config", **HYDRA_DEFAULTS)
 def main(cfg: DictConfig) -> float:
     """Train one model and return its best validation accuracy: the value the sweeper maximizes."""
     hydra_cfg = HydraConfig.get()

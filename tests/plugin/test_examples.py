@@ -1,5 +1,6 @@
 """The sweeper as any Hydra app sees it: hydra-optuna-sweeper's own scenarios (its example apps and the cases of
-its plugin test file, restated here against our sweeper), the public trial API, and multi-objective studies."""
+its plugin test file, restated here against our sweeper), the trial API, and multi-objective studies.
+tests/extras/test_upstream.py runs the same scenarios against hydra-optuna-sweeper side by side."""
 
 from __future__ import annotations
 
@@ -11,32 +12,21 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.plugins import Plugins
-from hydra.plugins.launcher import Launcher
-from hydra.plugins.sweeper import Sweeper
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 import sweep
-from sweep.sweeper import SweepImpl
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+from helpers import EXAMPLES, run_app
+from sweep.space import SearchSpace
 
 
 def run_example(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(EXAMPLES / script), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600, env={**os.environ, "PYTHONWARNINGS": "ignore"}, start_new_session=True)
+    return run_app(*args, cwd=cwd, script=EXAMPLES / script, timeout=600)
 
 
 def results(sweep_dir: Path):
     return OmegaConf.load(sweep_dir / "optimization_results.yaml")
-
-
-def test_hydra_discovers_the_sweeper_and_the_launcher():
-    assert "OptunaSweeper" in [c.__name__ for c in Plugins.instance().discover(Sweeper) if c.__module__ == "sweep.plugin"]
-    assert "PoolLauncher" in [c.__name__ for c in Plugins.instance().discover(Launcher)]
 
 
 @pytest.mark.parametrize("override, expected", [
@@ -52,14 +42,11 @@ def test_hydra_discovers_the_sweeper_and_the_launcher():
     ("key=range(0.5, 5.5, step=1)", FloatDistribution(0.5, 4.5, step=1)),
 ])
 def test_search_space_syntax_means_what_it_means_upstream(override, expected):
-    parsed = OverridesParser.create().parse_overrides([override])[0]
-    impl = SweepImpl(sampler=None, params=None)
-    space, fixed, _ = impl._search_space([override])
-    actual = space["key"]
+    actual = SearchSpace.parse(None, [override]).distributions["key"]
     if isinstance(expected, CategoricalDistribution):
         assert isinstance(actual, CategoricalDistribution) and set(actual.choices) == set(expected.choices)
     else:
-        assert actual == expected, parsed
+        assert actual == expected
 
 
 @pytest.mark.parametrize("overrides, space, fixed", [
@@ -70,8 +57,8 @@ def test_search_space_syntax_means_what_it_means_upstream(override, expected):
      {"key1": CategoricalDistribution([1, 2]), "key3": IntDistribution(1, 2)}, {"key2": "5"}),
 ])
 def test_plain_values_fix_a_key_and_sweeps_search_it(overrides, space, fixed):
-    got_space, got_fixed, _ = SweepImpl(sampler=None)._search_space(overrides)
-    assert (got_space, got_fixed) == (space, fixed)
+    got = SearchSpace.parse(None, overrides)
+    assert (got.distributions, got.fixed) == (space, fixed)
 
 
 @pytest.mark.parametrize("with_commandline", [True, False])
@@ -93,15 +80,6 @@ def test_sphere_example(tmp_path, with_commandline):
         assert found.best_params["y"] == best.params["y"]
     # TPE's search quality, as upstream checks it: the 95th percentile over 1000 seeds.
     assert found.best_value <= 2.27
-
-
-def test_the_same_seed_finds_the_same_best_as_hydra_optuna_sweeper(tmp_path):
-    common = ["--multirun", "hydra.sweeper.n_trials=15", "hydra.sweeper.n_jobs=1", "hydra.sweeper.sampler.seed=7"]
-    ours = run_example("sphere.py", *common, f"hydra.sweep.dir={tmp_path / 'ours'}", cwd=tmp_path)
-    theirs = run_example("sphere.py", *common, "hydra/sweeper=optuna", f"hydra.sweep.dir={tmp_path / 'theirs'}",
-                         cwd=tmp_path)
-    assert ours.returncode == 0 and theirs.returncode == 0, ours.stderr + theirs.stderr
-    assert results(tmp_path / "ours") == results(tmp_path / "theirs")
 
 
 @pytest.mark.parametrize("n_trials", [10, pytest.param(1, marks=pytest.mark.slow)])
@@ -205,20 +183,6 @@ def test_a_task_that_returns_the_wrong_shape_fails_with_the_reason(tmp_path):
     assert "returned (37.0, 24.25), expected 1 value(s)" in result.stderr.strip().splitlines()[-1]
 
 
-def test_the_plain_pytorch_example_prunes_through_the_public_api(tmp_path):
-    result = run_example("pytorch_loop.py", "--multirun", "hydra.sweeper.n_trials=8", "epochs=6",
-                         "hydra.sweeper.pruner.n_startup_trials=2", "hydra.sweeper.pruner.n_warmup_steps=1",
-                         "hydra.sweeper.report=false", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    study = optuna.load_study(study_name="spirals", storage=f"sqlite:///{tmp_path}/multirun/studies/spirals.db")
-    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
-    assert pruned and all(t.user_attrs["stop_reason"].endswith("by median") for t in pruned)
-    assert all(len(t.intermediate_values) == 6 for t in study.trials if t.state == TrialState.COMPLETE)
-    assert study.metric_names == ["val_accuracy"]
-    single = run_example("pytorch_loop.py", "epochs=2", cwd=tmp_path)  # outside a sweep: the stand-in trial
-    assert single.returncode == 0, single.stderr
-
-
 def test_outside_a_sweep_trial_is_a_quiet_stand_in():
     trial = sweep.trial()
     trial.report(0.5, 1)
@@ -227,16 +191,16 @@ def test_outside_a_sweep_trial_is_a_quiet_stand_in():
     assert sweep.previous_run_dir(trial) is None
 
 
-def test_inside_a_sweep_trial_is_an_optuna_trial_of_the_running_study(tmp_path):
+def test_inside_a_sweep_trial_reports_to_the_running_study(tmp_path):
     """The in-process launcher with in-memory storage: the task reaches the live study directly."""
     app = tmp_path / "app.py"
     app.write_text('''
 import hydra, optuna, sweep
 
-@hydra.main(config_path=None, config_name=None)
+@hydra.main(config_path=None, config_name=None, **({"version_base": None} if hydra.__version__.startswith("1.3") else {}))
 def main(cfg):
     trial = sweep.trial()
-    assert isinstance(trial, optuna.trial.Trial) and trial is sweep.trial()
+    assert trial is sweep.trial() and trial.params == {"+x": cfg.x}
     for step in range(1, 4):
         trial.report(cfg.x * step, step)
         if trial.should_prune():
@@ -271,7 +235,7 @@ def test_a_minimize_study_is_ranked_and_plotted_the_right_way_round(tmp_path):
     table = report.write_report(study, tmp_path)
     assert table["value"].tolist() == [1.0, 2.0, 3.0]
     assert report.best_so_far(study.trials, maximize=False)["best"].tolist() == [3.0, 1.0, 1.0]
-    from sweep.sweeper import pruning_savings
+    from sweep.summary import pruning_savings
 
     assert pruning_savings(study.trials, study.trials) == (0, 9)
     assert pruning_savings(study.trials, study.trials, max_resource=5) == (0, 15)

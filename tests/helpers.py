@@ -1,0 +1,131 @@
+"""What the tests share: running commands as a user would, waiting on events, and finding leftover processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+
+MARK = "SWEEP_TEST_PROCESS"  # set by conftest.py: every process a test starts carries it
+APP = Path(__file__).resolve().parent / "plugin" / "app" / "curve.py"  # a Hydra app without torch
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run `python -m module args` as a user would."""
+    return run([sys.executable, "-m", module, *args], cwd=cwd, env=env, timeout=timeout)
+
+
+def run_app(*args: str, cwd: Path, script: Path = APP, env: dict | None = None, timeout: int = 300):
+    """Run a Hydra app script (the test app by default) as a user would."""
+    return run([sys.executable, str(script), *args], cwd=cwd, env=env, timeout=timeout)
+
+
+def run(argv: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
+    return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
+
+
+def start(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start a command in its own process group, with a default SIGINT as in a terminal (a test runner started in
+    the background passes SIGINT down ignored)."""
+    return subprocess.Popen(
+        argv, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
+    return start([sys.executable, "-m", module, *args], cwd=cwd, env=env)
+
+
+def start_app(*args: str, cwd: Path, script: Path = APP, env: dict | None = None) -> subprocess.Popen:
+    return start([sys.executable, str(script), *args], cwd=cwd, env=env)
+
+
+def assert_one_line_error(result, *fragments: str, code: int = 2) -> str:
+    """A refused input: the exit code, no traceback, and a last line `error: ...` holding every fragment."""
+    assert result.returncode == code, (result.returncode, result.stdout[-2000:] + result.stderr[-3000:])
+    assert "Traceback" not in result.stderr, result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: "), result.stderr
+    for f in fragments:
+        assert f in last, last
+    return last
+
+
+def wait_for(condition, what: str, timeout: float = 120, process: subprocess.Popen | None = None):
+    """Poll `condition` until it returns something truthy: an event the code exposes (a file, a trial state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None and process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"process ended (code {process.returncode}) before {what}:\n{out[-2000:]}\n{err[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def trials(db: Path, name: str) -> list:
+    """The study's trials so far; [] while the sweep has not created it."""
+    if not db.exists():
+        return []
+    try:
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{db}").trials
+    except Exception:  # not created yet
+        return []
+
+
+def sweep_dirs(cwd: Path) -> list[Path]:
+    return sorted(p.parent for p in cwd.glob("multirun/**/study.json"))
+
+
+def children(pid: int) -> list[int]:
+    """Live processes whose parent is pid, and theirs (the pool's fork server forks the workers)."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == parent and stat[0] != "Z":
+                found.append(int(entry))
+                frontier.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def marked_processes() -> list[int]:
+    """Processes other than this one that carry this test session's mark."""
+    mark = f"{MARK}={os.environ[MARK]}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and mark in environ.split(b"\0"):
+            found.append(int(entry))
+    return found

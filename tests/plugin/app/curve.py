@@ -1,0 +1,64 @@
+"""A Hydra app the plugin's tests sweep: a training loop without torch, whose 'learning curve' depends on lr and
+width, with knobs for what tests need (slow epochs, a crash, sys.exit, a bad return value, a barrier)."""
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import sweep
+
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
+
+
+def score(lr: float, width: int, epoch: int) -> float:
+    """Best near lr=0.1 and wide layers; approaches its ceiling as epochs pass."""
+    ceiling = max(0.0, 1 - (math.log10(lr) + 1) ** 2 / 4) * (1 - 1 / (1 + width / 8))
+    return ceiling * (1 - 0.5 ** epoch)
+
+
+@hydra.main(config_path="conf", config_name="curve", **HYDRA_DEFAULTS)
+def main(cfg: DictConfig) -> float:
+    trial = sweep.trial()
+    out = Path(HydraConfig.get().runtime.output_dir)
+    (out / "span").write_text(f"{time.time()}\n")
+    if cfg.barrier:  # wait until this many trials run at once (each leaves a file in barrier_dir)
+        folder = Path(cfg.barrier_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / str(trial.number)).touch()
+        deadline = time.monotonic() + 120
+        while len(list(folder.iterdir())) < cfg.barrier and time.monotonic() < deadline:
+            time.sleep(0.05)
+    done = 0
+    for folder in (out, sweep.previous_run_dir(trial)):  # resume where this run, or the run it retries, stopped
+        if folder is not None and (folder / "last_epoch").is_file():
+            done = max(done, int((folder / "last_epoch").read_text()))
+    value = score(cfg.lr, cfg.width, max(done, 1))
+    for epoch in range(done + 1, cfg.epochs + 1):
+        if cfg.epoch_seconds:
+            time.sleep(cfg.epoch_seconds)
+        if cfg.print:
+            print(cfg.print, flush=True)
+        if cfg.fail and epoch == 2:
+            raise RuntimeError("cfg.fail is true")
+        if cfg.exit_code is not None:
+            sys.exit(cfg.exit_code)
+        value = score(cfg.lr, cfg.width, epoch)
+        (out / "last_epoch").write_text(str(epoch))
+        trial.report(value, epoch)
+        if epoch < cfg.epochs and trial.should_prune():
+            raise optuna.TrialPruned()
+    trial.set_user_attr("note", f"pid {os.getpid()}")
+    with open(out / "span", "a") as f:
+        f.write(f"{time.time()}\n")
+    return cfg.returns if cfg.returns is not None else value
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Hydra's own launcher test suites, run against the pool launcher (as Hydra's joblib and submitit plugins run them)."""
+
+import pytest
+from hydra.core.plugins import Plugins
+from hydra.plugins.launcher import Launcher
+from hydra.plugins.sweeper import Sweeper
+from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+
+
+def test_hydra_discovers_the_sweeper_and_every_launcher():
+    sweepers = [c for c in Plugins.instance().discover(Sweeper) if c.__module__ == "hydra_plugins.sweep_plugin"]
+    launchers = [c for c in Plugins.instance().discover(Launcher) if c.__module__ == "hydra_plugins.sweep_plugin"]
+    assert [c.__name__ for c in sweepers] == ["OptunaSweeper"]
+    assert sorted(c.__name__ for c in launchers) == ["PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher"]
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("pool", ["hydra.launcher.n_jobs=2"])])
+class TestPoolLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("task_launcher_cfg, extra_flags", [
+    ({}, ["-m", "hydra/launcher=pool", "hydra/hydra_logging=disabled", "hydra/job_logging=disabled"]),
+])
+class TestPoolLauncherIntegration(IntegrationTestSuite):
+    pass
