@@ -32,6 +32,14 @@ class Outcome:
     seconds: float | None = None  # the job's own wall time
 
 
+class JobFuture(Future):
+    """A job's future, which also knows where the job runs ({node, gpus}) as soon as its launcher does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.where: dict[str, str] = {}
+
+
 class WorkerDied(Exception):
     """The worker running a trial (a process, a Ray worker or node, a SLURM job) ended without answering. It is the
     worker's loss, not the configuration's: the trial FAILs with this reason and hydra.sweeper.retries applies."""
@@ -241,4 +249,4 @@ def _picklable(ret: JobReturn) -> JobReturn:
         return ret
 
 
-__all__ = ["AsyncLauncher", "BatchAdapter", "Outcome", "Payload", "WorkerDied", "cpu_cores", "job_error", "run_job"]
+__all__ = ["AsyncLauncher", "BatchAdapter", "JobFuture", "Outcome", "Payload", "WorkerDied", "cpu_cores", "job_error", "run_job"]

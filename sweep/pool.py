@@ -16,6 +16,7 @@ import os
 import queue
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sweep.errors import UserError
-from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, cpu_cores, run_job
+from sweep.launcher import AsyncLauncher, JobFuture, Outcome, Payload, WorkerDied, cpu_cores, run_job
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class PoolLauncher(AsyncLauncher):
         with _pools_lock:
             _pools_running += 1
         Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        self._prepare()
         on = (f" on GPU(s) {','.join(sorted(set(self.slot_gpus), key=str))}, "
               f"{self.trials_per_gpu} trial(s) per GPU" if any(self.slot_gpus) else "")
         log.info("Starting %d worker process(es)%s, %d CPU thread(s) each; trials start as soon as one is free",
@@ -134,7 +136,7 @@ class PoolLauncher(AsyncLauncher):
         self.start()
         shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]  # the job's own overrides
         log.info("\t#%d : %s", job_idx, " ".join(shown))
-        future: Future = Future()
+        future = JobFuture()
         self._jobs.put((future, job_idx, list(overrides)))
         return future
 
@@ -201,14 +203,29 @@ class PoolLauncher(AsyncLauncher):
             sys.warnoptions.append("ignore::RuntimeWarning:runpy")
         return ctx
 
-    def _spawn(self, slot: int):
+    def _prepare(self) -> None:
+        """The fork server (and multiprocessing's resource tracker) start with Ctrl-C ignored, as the workers they
+        fork will be: a Ctrl-C during their start-up is the sweep's to handle, not a traceback of theirs."""
         with self._lock:
-            if self._closing and self._lifeline is None:
-                raise WorkerDied("the sweep is stopping")
             if self._ctx is None:
                 self._ctx = self._context()
             if self._lifeline is None:
                 self._lifeline = self._ctx.Pipe(duplex=False)  # (read end for the workers, write end kept here)
+        if self._ctx.get_start_method() == "forkserver" and threading.current_thread() is threading.main_thread():
+            from multiprocessing import forkserver
+
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited through fork and exec
+            try:
+                forkserver.ensure_running()
+            finally:
+                signal.signal(signal.SIGINT, previous)
+
+    def _spawn(self, slot: int):
+        with self._lock:
+            if self._closing and self._lifeline is None:
+                raise WorkerDied("the sweep is stopping")
+            if self._ctx is None or self._lifeline is None:
+                raise WorkerDied("the pool was not started")
             lifeline = self._lifeline[0]
         here, there = self._ctx.Pipe()
         settings = (self.slot_gpus[slot], self.threads)
@@ -243,6 +260,7 @@ class PoolLauncher(AsyncLauncher):
                 continue
             if not proc.is_alive():  # died while idle: start a fresh one for this job
                 proc, conn = self._spawn(slot)
+            future.where = {"node": socket.gethostname(), "gpus": gpus}
             try:
                 conn.send((idx, overrides, self.console))
                 wait([conn, proc.sentinel])

@@ -137,6 +137,16 @@ class Scheduler:
             if len(self.handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
                 self._target += 1
 
+    def record_running(self) -> None:
+        """Where the trials still running are (the sweep is stopping): their launcher may know already."""
+        for future, trial in list(self.inflight.items()):
+            where = getattr(future, "where", None)
+            for key, value in (where or {}).items():
+                try:
+                    self.handle.backend.set_trial_user_attr(self.handle.trial_id(trial.number), key, value)
+                except (optuna.exceptions.UpdateFinishedTrialError, *st.errors()):
+                    break
+
     def _record_where(self, number: int, outcome: Outcome | None, error: BaseException | None) -> None:
         """Where and for how long the trial ran: the report shows it, and start-up is kept out of its seconds."""
         values: dict[str, Any] = {}

@@ -112,8 +112,10 @@ class StudyHandle:
     def retry(self, number: int) -> None:
         """Queue the trial again with its parameters (a lost worker is not the configuration's fault)."""
         if self.retries:
-            RetryFailedTrialCallback(self.retries, inherit_intermediate_values=True)(
-                self.study, self.frozen(number))
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and what retries are built on
+                warnings.simplefilter("ignore")
+                RetryFailedTrialCallback(self.retries, inherit_intermediate_values=True)(
+                    self.study, self.frozen(number))
 
     # ------------------------------------------------------------ heartbeats
 

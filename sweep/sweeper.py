@@ -222,6 +222,7 @@ class SweepImpl:
                 "finished trials are saved there. Once it is back, rerun the same command to resume: trials left "
                 "running are marked FAIL after hydra.sweeper.grace_period seconds")
         if interrupted:
+            scheduler.record_running()
             handle.fail_running(scheduler.asked, "sweep interrupted")
         max_resource = self.pruner_cfg.get("max_resource") if isinstance(self.pruner_cfg, DictConfig) else None
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +161,9 @@ def previous_run_dir(trial) -> Path | None:
     from optuna.storages import RetryFailedTrialCallback
 
     frozen = trial._storage.get_trial(trial._id)
-    original = RetryFailedTrialCallback.retried_trial_number(frozen)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and what retries are built on
+        warnings.simplefilter("ignore")
+        original = RetryFailedTrialCallback.retried_trial_number(frozen)
     if original is None:
         return None
     study_id = trial._storage.get_study_id_from_name(trial.study.study_name)

@@ -28,7 +28,7 @@ def main(cfg: DictConfig) -> float:
     trial = sweep.trial()
     out = Path(HydraConfig.get().runtime.output_dir)
     (out / "span").write_text(f"{time.time()}\n")
-    if cfg.barrier:  # wait until this many trials run at once (each leaves a file in barrier_dir)
+    if cfg.barrier_dir:  # each trial leaves a file there; barrier > 0 waits until that many trials have started
         folder = Path(cfg.barrier_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / str(trial.number)).touch()
