@@ -13,12 +13,24 @@ from typing import Any
 from hydra.plugins.sweeper import Sweeper
 
 from sweep import plugin as _configs
-from sweep.errors import one_line
+from sweep.errors import UserError, one_line
 from sweep import pool as _pool
 from sweep import ray_pool as _ray_pool
 from sweep import slurm_pool as _slurm_pool
 
 _configs.register()
+
+
+def _launcher_init(launcher, implementation: type, conf: type, settings: dict) -> None:
+    """A launcher's constructor as Hydra calls it: a typo (+hydra.launcher.foo=1) or a bad value is one error line."""
+    def init():
+        names = [f for f in conf.__dataclass_fields__ if not f.startswith("_")]
+        unknown = sorted(set(settings) - set(names))
+        if unknown:
+            raise UserError(f"hydra.launcher.{unknown[0]} is not a setting of this launcher; it has {', '.join(names)}")
+        implementation.__init__(launcher, **settings)
+
+    one_line(init)
 
 
 class OptunaSweeper(Sweeper):
@@ -41,21 +53,21 @@ class PoolLauncher(_pool.PoolLauncher):
     """hydra/launcher=pool: worker processes on this machine, pinned to GPUs when it has them."""
 
     def __init__(self, **settings: Any) -> None:
-        one_line(lambda: super(PoolLauncher, self).__init__(**settings))
+        _launcher_init(self, _pool.PoolLauncher, _configs.PoolLauncherConf, settings)
 
 
 class RayPoolLauncher(_ray_pool.RayPoolLauncher):
     """hydra/launcher=ray_pool: one Ray task per trial, on a local Ray or an existing cluster."""
 
     def __init__(self, **settings: Any) -> None:
-        one_line(lambda: super(RayPoolLauncher, self).__init__(**settings))
+        _launcher_init(self, _ray_pool.RayPoolLauncher, _configs.RayPoolLauncherConf, settings)
 
 
 class SlurmPoolLauncher(_slurm_pool.SlurmPoolLauncher):
     """hydra/launcher=slurm_pool: one SLURM job per trial through submitit."""
 
     def __init__(self, **settings: Any) -> None:
-        one_line(lambda: super(SlurmPoolLauncher, self).__init__(**settings))
+        _launcher_init(self, _slurm_pool.SlurmPoolLauncher, _configs.SlurmPoolLauncherConf, settings)
 
 
 __all__ = ["OptunaSweeper", "PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher"]
