@@ -1,0 +1,147 @@
+"""The study across sweeps: resume without replay, heartbeats on every storage (the journal too), retries that
+resume, the time budget, pruning from the workers, a lost database, and one folder per study."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from helpers import alive, assert_one_line_error, children, run_app, start_app, trials, wait_for
+
+STUDY = "curve"
+
+
+def _db(cwd: Path) -> Path:
+    return cwd / "multirun" / "studies" / f"{STUDY}.db"
+
+
+def _journal(path: Path) -> list:
+    if not path.exists():
+        return []
+    try:
+        return optuna.load_study(study_name=STUDY, storage=optuna.storages.JournalStorage(JournalFileBackend(str(path)))).trials
+    except Exception:  # not created yet
+        return []
+
+
+def test_resume_adds_trials_without_replaying_configurations(tmp_path):
+    args = ["--multirun", "hydra.sweeper.n_trials=3", "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=0"]
+    assert run_app(*args, cwd=tmp_path).returncode == 0
+    first = [t.params for t in trials(_db(tmp_path), STUDY)]
+    result = run_app(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = trials(_db(tmp_path), STUDY)
+    assert len(found) == 6 and [t.params for t in found[:3]] == first
+    assert len({json.dumps(t.params, sort_keys=True) for t in found}) == 6
+    assert "3 earlier trial(s)" in result.stdout + result.stderr
+
+
+def test_workers_prune_through_the_study_and_the_sweep_counts_what_it_saved(tmp_path):
+    result = run_app("--multirun", "hydra.sweeper.n_trials=8", "hydra/sweeper/pruner=median", "epochs=6",
+                     "hydra.sweeper.pruner.n_startup_trials=1", "hydra/sweeper/sampler=random", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = trials(_db(tmp_path), STUDY)
+    pruned = [t for t in found if t.state == TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["stop_reason"] == f"pruned at step {len(t.intermediate_values)} by median"
+                          for t in pruned)
+    saved = sum(6 - len(t.intermediate_values) for t in pruned)
+    assert f"pruning saved {saved} of 48 steps" in result.stdout + result.stderr
+
+
+def test_a_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
+    result = run_app("--multirun", "hydra.sweeper.n_trials=6", "epochs=100000", "epoch_seconds=0.05",
+                     "hydra.sweeper.time_budget=3", cwd=tmp_path)
+    found = trials(_db(tmp_path), STUDY)
+    assert len(found) == 2  # the first two trials; nothing started after the budget
+    assert all(t.state == TrialState.PRUNED and t.user_attrs["stop_reason"] == "stopped by hydra.sweeper.time_budget"
+               for t in found)
+    assert_one_line_error(result, "no trial completed within hydra.sweeper.time_budget=3 seconds")
+
+
+def test_a_killed_sweeps_trial_is_failed_by_the_next_sweep_on_a_journal_and_its_retry_resumes(tmp_path):
+    journal = tmp_path / "study.log"
+    common = ["--multirun", f"hydra.sweeper.storage=journal:///{journal}", "hydra.sweeper.n_trials=1",
+              "hydra.sweeper.n_jobs=1"]
+    proc = start_app(*common, "epochs=100000", "epoch_seconds=0.05", "hydra.sweeper.heartbeat_interval=1", cwd=tmp_path)
+    wait_for(lambda: any(len(t.intermediate_values) >= 3 for t in _journal(journal)), "three epochs", process=proc)
+    workers = children(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)  # the sweep alone, as the OOM killer or a lost terminal would
+    proc.communicate(timeout=30)
+    wait_for(lambda: not [p for p in workers if alive(p)], "the workers to die with their sweep", timeout=30)
+    (orphan,) = _journal(journal)
+    assert orphan.state == TrialState.RUNNING  # nobody has noticed yet
+    beat = orphan.system_attrs["sweep:heartbeat"]
+    wait_for(lambda: time.time() - beat > 1.5, "the heartbeat to go stale")
+
+    result = run_app(*common, "epochs=8", "hydra.sweeper.grace_period=1", "hydra.sweeper.retries=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, retry = _journal(journal)
+    assert first.state == TrialState.FAIL and first.user_attrs["fail_reason"] == "its sweep stopped sending heartbeats"
+    assert retry.system_attrs["failed_trial"] == 0 and retry.params == first.params
+    assert retry.state == TrialState.COMPLETE and sorted(retry.intermediate_values) == list(range(1, 9))
+    done = len(first.intermediate_values)  # the retry went on from the dead run's last epoch, not from 1
+    assert int((Path(retry.user_attrs["run_dir"]) / "last_epoch").read_text()) == 8
+    assert re.search(rf"Trial 0: its sweep stopped sending heartbeats", result.stdout + result.stderr)
+    assert done >= 3
+
+
+def test_a_deleted_sqlite_file_stops_the_sweep_with_one_line(tmp_path):
+    proc = start_app("--multirun", "hydra.sweeper.n_trials=2", "epochs=100000", "epoch_seconds=0.05", cwd=tmp_path)
+    wait_for(lambda: any(t.intermediate_values for t in trials(_db(tmp_path), STUDY)), "a trial training", process=proc)
+    for p in _db(tmp_path).parent.glob(f"{STUDY}.db*"):
+        if not p.name.endswith(".lock"):
+            p.unlink()
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: lost the study's storage") and "was deleted" in last
+    assert not _db(tmp_path).exists()  # nobody quietly made a fresh, empty study there
+
+
+def test_the_sqlite_lock_holds_through_a_symlink(tmp_path):
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "multirun").mkdir()
+    (tmp_path / "multirun" / "studies").symlink_to(real)
+    with open(real / f"{STUDY}.db.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a sweep writing real/curve.db holds it
+        result = run_app("--multirun", "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert_one_line_error(result, "in use by another running sweep", "journal:///")
+
+
+def test_two_studies_never_share_a_sweep_folder(tmp_path):
+    folder = tmp_path / "same"
+    first = run_app("--multirun", f"hydra.sweep.dir={folder}", "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    before = (folder / "0" / "last_epoch").stat().st_mtime_ns
+    other = run_app("--multirun", f"hydra.sweep.dir={folder}", "hydra.sweeper.n_trials=2",
+                    "hydra.sweeper.study_name=other", cwd=tmp_path)
+    assert_one_line_error(other, f"hydra.sweep.dir={folder} holds the runs of another study (curve)")
+    assert (folder / "0" / "last_epoch").stat().st_mtime_ns == before
+    assert not [s for s in optuna.get_all_study_names(f"sqlite:///{tmp_path}/multirun/studies/other.db")]
+    again = run_app("--multirun", f"hydra.sweep.dir={folder}", "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # the same study resumes into its folder: new numbers, new runs
+    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["0", "1", "2"]
+
+
+def test_two_studies_started_together_into_one_folder_one_is_refused(tmp_path):
+    folder = tmp_path / "same"
+    procs = [start_app("--multirun", f"hydra.sweep.dir={folder}", "hydra.sweeper.n_trials=2",
+                       f"hydra.sweeper.study_name=s{i}", cwd=tmp_path) for i in range(2)]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    codes = sorted(code for _, _, code in results)
+    assert codes == [0, 2], results
+    (refused,) = [err for _, err, code in results if code == 2]
+    assert "holds the runs of another study" in refused.strip().splitlines()[-1]
+    owner = json.loads((folder / "study.json").read_text())["study_name"]
+    assert len([p for p in folder.iterdir() if p.name.isdigit()]) == 2 and owner in ("s0", "s1")
