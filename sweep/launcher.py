@@ -149,6 +149,7 @@ class Payload:
         import cloudpickle
         from hydra.core.singleton import Singleton
 
+        str(config.hydra.sweep.dir)  # resolved once here, so ${now:...} names the same folder in every worker
         return cloudpickle.dumps(cls(hydra_context, config, task_function, Singleton.get_state()))
 
 
@@ -164,6 +165,10 @@ def run_job(payload: Payload, idx: int, overrides: list[str], console: str, node
     started = time.time()
     where = dict(node=node or socket.gethostname(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=started)
     try:
+        # A worker of another engine (Ray) may start elsewhere: the sweep's relative paths are the sweep's.
+        home = OmegaConf.select(payload.config, "hydra.runtime.cwd")
+        if home and os.path.isdir(home) and os.getcwd() != home:
+            os.chdir(home)
         setup_globals()
         Singleton.set_state(payload.singleton_state)
         job_config = payload.hydra_context.config_loader.load_sweep_config(payload.config, list(overrides))

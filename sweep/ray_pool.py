@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import math
+import socket
 import threading
 from concurrent.futures import Future
 from typing import Any, Sequence
@@ -59,6 +60,11 @@ class RayPoolLauncher(AsyncLauncher):
         if self._remote is not None:
             return
         if not ray.is_initialized():
+            why = _unreachable(self.address)
+            if why:  # Ray itself would retry for minutes
+                raise UserError(f"hydra.launcher.address={self.address!r}: no Ray cluster answers there ({why}); "
+                                "start one with `ray start --head` and give its address, or set address=null for a "
+                                "local Ray")
             options: dict[str, Any] = dict(address=self.address, include_dashboard=False,
                                            log_to_driver=self.console == "terminal", configure_logging=False)
             if self.address is None:
@@ -125,6 +131,20 @@ class RayPoolLauncher(AsyncLauncher):
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray, self._remote = False, None
+
+
+def _unreachable(address: str | None) -> str | None:
+    """Why nothing listens at a cluster's host:port, or None (None too for a local Ray and for auto)."""
+    if address is None or address == "auto":
+        return None
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not port.isdigit():
+        return "expected auto or host:port"
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as e:
+        return e.strerror or type(e).__name__
+    return None
 
 
 def _as_worker_death(e: BaseException) -> BaseException:

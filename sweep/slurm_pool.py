@@ -117,7 +117,7 @@ class SlurmPoolLauncher(AsyncLauncher):
                 except Exception as e:  # timed out, preempted, cancelled, killed: the job never answered
                     state = getattr(job, "state", "UNKNOWN")
                     why = first_line(e).split(" has not produced any output")[0]
-                    future.set_exception(WorkerDied(f"SLURM job {job.job_id} ended {state}: {why}"[:300]))
+                    future.set_exception(WorkerDied(f"{self.executor_name} job {job.job_id} ended {state}: {why}"[:300]))
 
     def shutdown(self, kill: bool = False) -> None:
         with self._lock:

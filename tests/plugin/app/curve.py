@@ -28,6 +28,7 @@ def main(cfg: DictConfig) -> float:
     trial = sweep.trial()
     out = Path(HydraConfig.get().runtime.output_dir)
     (out / "span").write_text(f"{time.time()}\n")
+    (out / "pid").write_text(str(os.getpid()))
     if cfg.barrier_dir:  # each trial leaves a file there; barrier > 0 waits until that many trials have started
         folder = Path(cfg.barrier_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -39,6 +40,7 @@ def main(cfg: DictConfig) -> float:
     for folder in (out, sweep.previous_run_dir(trial)):  # resume where this run, or the run it retries, stopped
         if folder is not None and (folder / "last_epoch").is_file():
             done = max(done, int((folder / "last_epoch").read_text()))
+    (out / "resumed_from").write_text(str(done))
     value = score(cfg.lr, cfg.width, max(done, 1))
     for epoch in range(done + 1, cfg.epochs + 1):
         if cfg.epoch_seconds:
