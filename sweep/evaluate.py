@@ -27,14 +27,15 @@ from sweep.errors import UserError, first_line
 from sweep.model import build_model
 
 
-def find_checkpoint(path: Path) -> Path:
-    """best.pt of a run directory, or of the best completed trial of a sweep directory."""
+def find_checkpoint(path: Path, storage: str | None = None) -> Path:
+    """best.pt of a run directory, or of the best completed trial of a sweep directory (whose study is in
+    `storage`, when that is a database)."""
     if (path / "best.pt").exists():
         return path / "best.pt"
     if (path / "study.json").exists():
         from sweep.report import study_of_sweep_dir
 
-        study = study_of_sweep_dir(path)
+        study = study_of_sweep_dir(path, storage)
         if len(study.directions) > 1:
             raise UserError(f"{path}: a multi-objective sweep has no single best trial; evaluate one of its Pareto "
                             "trials' run directories (report.csv lists them)")
@@ -146,9 +147,10 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("path", type=Path, help="a sweep directory or a run directory")
     parser.add_argument("--out", type=Path, help="where to write test_metrics.json (default: beside best.pt)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
+    parser.add_argument("--storage", help="the sweep's storage URL, when its study is in a database")
     args = parser.parse_args(argv)
     try:
-        checkpoint = find_checkpoint(args.path)
+        checkpoint = find_checkpoint(args.path, args.storage)
         metrics = evaluate_checkpoint(checkpoint, args.out or checkpoint.parent, args.device)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -56,7 +56,9 @@ def open_study(storage: str, study_name: str, setting: str = "--storage") -> opt
     return st.load_study(st.parse(storage, setting), study_name, setting)
 
 
-def study_of_sweep_dir(sweep_dir: Path) -> optuna.Study:
+def study_of_sweep_dir(sweep_dir: Path, storage: str | None = None) -> optuna.Study:
+    """The study a sweep folder names in its study.json. A study in a file is opened from there; one in a database
+    only from the `storage` the user gives (--storage): the folder never decides where to connect."""
     info = sweep_dir / "study.json"
     if not sweep_dir.is_dir():
         raise UserError(f"{sweep_dir} is not a directory")
@@ -64,23 +66,25 @@ def study_of_sweep_dir(sweep_dir: Path) -> optuna.Study:
         raise UserError(f"{sweep_dir} is not a sweep directory: it has no study.json (written by a --multirun sweep)")
     try:
         meta = json.loads(info.read_text())
-        storage, name = meta["storage"], meta["study_name"]
-        if not (storage is None or isinstance(storage, str)) or not isinstance(name, str):
+        saved, name = meta["storage"], meta["study_name"]
+        if not (saved is None or isinstance(saved, str)) or not isinstance(name, str):
             raise ValueError("storage must be a string or null, study_name a string")
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{info} is damaged ({first_line(e)}); report the study with --storage URL --study NAME") from None
-    if storage is None:
+    if storage is not None:
+        return open_study(storage, name)
+    if saved is None:
         raise UserError(f"{sweep_dir}: the study was kept in memory and ended with its sweep; its report was "
                         "written then (report.html there). Set hydra.sweeper.storage to keep studies")
-    storage = st.from_saved(storage, str(info))
-    if storage.startswith("sqlite:///") and not Path(storage[len("sqlite:///"):]).is_absolute():
+    if saved.startswith("sqlite:///") and not Path(saved[len("sqlite:///"):]).is_absolute():
         # Written by an older sweep, relative to where it ran: try the sweep's ancestors, then here.
-        path = storage[len("sqlite:///"):]
+        path = saved[len("sqlite:///"):]
         for base in [*sweep_dir.resolve().parents, Path.cwd()]:
             if (base / path).exists():
-                storage = f"sqlite:///{base / path}"
+                saved = f"sqlite:///{base / path}"
                 break
-    return open_study(storage, name, setting=f"{info} (storage)")
+    setting = f"{info} (storage)"
+    return st.load_study(st.from_file(saved, setting, base=sweep_dir), name, setting)
 
 
 def objectives(study: optuna.Study) -> list[tuple[str, bool]]:
@@ -440,7 +444,8 @@ def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dirs", nargs="*", type=Path, help="sweep directories (several: compare them)")
-    parser.add_argument("--storage", help="Optuna storage URL, instead of a sweep directory")
+    parser.add_argument("--storage", help="Optuna storage URL: with --study, or with one sweep directory whose study "
+                                          "is in a database")
     parser.add_argument("--study", help="study name, with --storage")
     parser.add_argument("--out", type=Path, help="where to write (default: the sweep directory; report-<study> for --storage; comparison/ for several)")
     args = parser.parse_args(argv)
@@ -448,13 +453,17 @@ def cli(argv: list[str] | None = None) -> int:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
     try:
-        if args.storage:
-            if not args.study or args.sweep_dirs:
-                raise UserError("--storage needs --study NAME and no sweep directories")
+        if args.storage and not args.sweep_dirs:
+            if not args.study:
+                raise UserError("--storage needs --study NAME, or one sweep directory")
             study = open_study(args.storage, args.study)
             table = write_report(study, args.out or Path(f"report-{args.study}"))
         elif len(args.sweep_dirs) == 1:
-            table = write_report(study_of_sweep_dir(args.sweep_dirs[0]), args.out or args.sweep_dirs[0])
+            if args.study:
+                raise UserError("--study goes with --storage and no sweep directory; a sweep directory names its study")
+            table = write_report(study_of_sweep_dir(args.sweep_dirs[0], args.storage), args.out or args.sweep_dirs[0])
+        elif args.storage:
+            raise UserError("--storage goes with one sweep directory, or with --study NAME")
         elif args.sweep_dirs:
             table = compare(args.sweep_dirs, args.out or Path("comparison"))
             print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))

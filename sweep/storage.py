@@ -1,10 +1,14 @@
-"""Where a study lives: one parse of the storage URL, one way to open it, and no password in any output.
+"""Where a study lives: one parse of the storage URL, one way to open it, and no secret in any output.
 
     None                          Optuna's in-memory storage: gone when the sweep ends, so it cannot resume
     sqlite:///relative/study.db   a file, relative to the folder the sweep started in (sqlite:////abs/path.db)
     journal:///abs/study.log      Optuna's journal file (journal://relative.log); several sweeps may share it
     postgresql://user@host/db     any SQLAlchemy database URL; the password comes from PGPASSWORD or ~/.pgpass,
-                                  or from ${oc.env:VAR} in the URL, which Hydra saves unresolved
+                                  or from ${oc.env:VAR} as the whole password, which Hydra saves unresolved
+
+The rule for secrets, judged on the parsed URL: a password (or a query value such as ?password=) is either absent or
+exactly one ${oc.env:VAR} reference. Such a reference is resolved only for a URL this user gave (the sweep's config,
+or --storage on a command line), never for one read from a file: a sweep folder never decides where a secret goes.
 """
 
 from __future__ import annotations
@@ -13,28 +17,45 @@ import fcntl
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep.errors import UserError, first_line
 
-SECRET_KEYS = re.compile(r"pass|pwd|secret|token", re.IGNORECASE)  # query keys whose values are never shown
+SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)  # query keys whose values are never shown
 MASK = "***"
+ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")  # ${oc.env:NAME}, with no default
+ANY_REF = re.compile(r"\$\{[^{}]*\}")
+HINT = ("leave it out and set PGPASSWORD (or ~/.pgpass), or make the whole password ${oc.env:SWEEP_DB_PASSWORD}")
 
 
 @dataclass(frozen=True)
 class Storage:
     kind: str  # memory | sqlite | journal | rdb
-    url: str | None  # what Optuna gets: absolute paths, the password included; None for memory
+    url: str | None  # what Optuna gets: absolute paths, secrets included; None for memory
     path: Path | None = None  # the sqlite or journal file
-    has_password: bool = False
+    saved: str | None = None  # the same URL with its ${oc.env:...} references kept: what files and workers get
+    shown: str = "in-memory"  # for logs and errors: secrets masked
+    secrets: tuple = field(default=(), repr=False)  # values never to print
 
-    def __str__(self) -> str:  # for logs, errors and saved files
-        return "in-memory" if self.url is None else redact(self.url)
+    @property
+    def has_password(self) -> bool:
+        return bool(self.secrets) or (self.saved is not None and ENV_REF.search(self.saved) is not None)
+
+    def __str__(self) -> str:
+        return self.shown
+
+    def redact(self, text: str) -> str:
+        """`text` (an error from a driver, say) with this storage's secrets masked."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, MASK)
+        return redact(text)
 
 
-def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | None = None) -> Storage:
-    """Check a storage setting and make its file paths absolute (relative ones are taken from `base`)."""
+def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | None = None,
+          resolve_env: bool = True) -> Storage:
+    """Check a storage setting: its secrets (by the parsed URL), and its file paths, made absolute (relative ones are
+    taken from `base`). `value` may hold ${oc.env:VAR} references, resolved here when resolve_env."""
     if value is None:
         return Storage("memory", None)
     if not isinstance(value, str) or not value.strip():
@@ -44,78 +65,121 @@ def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | No
     if value.startswith("journal:"):
         rest = value[len("journal:"):]
         rest = rest[2:] if rest.startswith("//") else rest
-        if not rest:
+        if not rest or ANY_REF.search(rest):
             raise UserError(f"{setting}={value!r} is invalid: a journal needs a file, e.g. journal:///path/study.log")
         path = base / Path(rest).expanduser()
-        return Storage("journal", f"journal:///{path}", path)
+        return Storage("journal", f"journal:///{path}", path, saved=f"journal:///{path}", shown=f"journal:///{path}")
     from sqlalchemy.engine import make_url
 
+    refs: dict[str, str] = {}
+
+    def hide(m: re.Match) -> str:  # a reference becomes a token the URL grammar leaves alone
+        refs[f"sweepref{len(refs)}x"] = m.group(0)
+        return f"sweepref{len(refs) - 1}x"
+
+    hidden = ANY_REF.sub(hide, value)
     try:
-        url = make_url(value)
+        url = make_url(hidden)
     except Exception as e:
         raise UserError(f"{setting}={redact(value)!r} is not a storage URL ({first_line(e)}); expected e.g. "
                         "sqlite:///path/study.db, journal:///path/study.log or postgresql://user@host:5432/db") from None
+    secret_keys = [k for k in url.query if SECRET_KEYS.search(k)]
+    shown = redact(url.set(query={k: (MASK if k in secret_keys else v) for k, v in url.query.items()})
+                   .render_as_string(hide_password=True))
+    for token, ref in refs.items():
+        shown = shown.replace(token, ref)
     if url.get_backend_name() == "sqlite":
-        tail = value.split(":///", 1)[1] if ":///" in value else ""
+        if secret_keys or url.password is not None:
+            raise UserError(f"{setting}={shown!r} holds a password, which SQLite has no use for; remove it")
         if not url.database or url.database == ":memory:":
-            raise UserError(f"{setting}={value!r} is an in-memory SQLite database that each process sees empty; "
+            raise UserError(f"{setting}={shown!r} is an in-memory SQLite database that each process sees empty; "
                             "give a file: sqlite:///path/study.db (or null for Optuna's in-memory storage)")
-        if "?" in tail or "#" in tail:
-            raise UserError(f"{setting}={value!r} is invalid: a SQLite path may not hold '?' or '#' "
+        if url.query or "#" in (url.database or "") or refs:
+            raise UserError(f"{setting}={shown!r} is invalid: a SQLite path may not hold '?', '#' or ${{...}} "
                             "(does hydra.sweeper.study_name contain one?)")
         path = base / Path(url.database).expanduser()
-        return Storage("sqlite", f"sqlite:///{path}", path)
-    secret = url.password is not None or any(SECRET_KEYS.search(k) for k in url.query)
-    return Storage("rdb", url.render_as_string(hide_password=False), None, secret)
+        return Storage("sqlite", f"sqlite:///{path}", path, saved=f"sqlite:///{path}", shown=f"sqlite:///{path}")
+
+    def literal_secret(part: str | None) -> bool:
+        return part is not None and not (part in refs and ENV_REF.fullmatch(refs[part]))
+
+    if literal_secret(url.password) or any(literal_secret(url.query[k]) for k in secret_keys):
+        raise UserError(f"{setting}={shown!r} holds a password, which would be saved in every run's config; {HINT}")
+    if not resolve_env:
+        return Storage("rdb", None, saved=value, shown=shown)
+
+    secrets: list[str] = []
+
+    def fill(part):
+        if part is None:
+            return None
+        if isinstance(part, tuple):
+            return tuple(fill(p) for p in part)
+        for token, ref in refs.items():
+            if token in part:
+                m = ENV_REF.fullmatch(ref)
+                if m is None:
+                    raise UserError(f"{setting}={shown!r}: {ref} cannot be used in a storage URL; only ${{oc.env:VAR}}")
+                if m.group(1) not in os.environ:
+                    raise UserError(f"{setting}={shown!r} takes {ref} from the environment, which does not set "
+                                    f"{m.group(1)} here")
+                part = part.replace(token, os.environ[m.group(1)])
+        return part
+
+    password, query = fill(url.password), {k: fill(v) for k, v in url.query.items()}
+    secrets += [password] if password else []
+    secrets += [query[k] for k in secret_keys if isinstance(query[k], str) and query[k]]
+    full = url.set(username=fill(url.username), password=password, host=fill(url.host),
+                   database=fill(url.database), query=query)
+    return Storage("rdb", full.render_as_string(hide_password=False), saved=value, shown=shown,
+                   secrets=tuple(s for s in secrets if s))
 
 
 def redact(text: str) -> str:
-    """`text` with every password and secret query value replaced by ***."""
-    text = re.sub(r"(://[^/@:]*:)[^@/]*@", rf"\1{MASK}@", text)
-    return re.sub(r"([?&][^=&]*(?:pass|pwd|secret|token)[^=&]*=)[^&#]*", rf"\1{MASK}", text, flags=re.IGNORECASE)
+    """`text` with whatever looks like a URL's password or a secret query value replaced by ***: for text that did
+    not parse, or came from elsewhere. Everything between :// and the netloc's last @ is masked, so a password
+    holding @, / or : leaves nothing of itself."""
+    text = re.sub(r"(://[^/\s:@]*:)[^\s]*@(?=[^@\s]*$|[^@\s/]*[/?\s])", rf"\1{MASK}@", text)
+    text = re.sub(r"(://[^/\s:@]*:)[^\s]*@", rf"\1{MASK}@", text)
+    return re.sub(r"([?&;][^=&\s]*(?:pass|pwd|secret|token|key)[^=&\s]*=)[^&#\s'\"]*", rf"\1{MASK}", text,
+                  flags=re.IGNORECASE)
 
 
-# ------------------------------------------------------------------ what a sweep directory remembers
+def text_of(config) -> object:
+    """hydra.sweeper.storage of a config, with every interpolation resolved but ${oc.env:VAR}, which stays as written
+    (Hydra saves it that way): the secret it names is read only where a connection is made, by parse()."""
+    from omegaconf import OmegaConf
+
+    raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
+    if not isinstance(raw, str) or "${" not in raw:
+        return raw
+    kept: dict[str, str] = {}
+
+    def keep(m: re.Match) -> str:
+        kept[f"sweepkept{len(kept)}x"] = m.group(0)
+        return f"sweepkept{len(kept) - 1}x"
+
+    copy = OmegaConf.create(OmegaConf.to_container(config, resolve=False))
+    copy.hydra.sweeper.storage = ENV_REF.sub(keep, raw)
+    try:
+        text = str(copy.hydra.sweeper.storage)
+    except Exception as e:  # an interpolation that does not resolve
+        raise UserError(f"hydra.sweeper.storage: {redact(first_line(e))}") from None
+    for token, ref in kept.items():
+        text = text.replace(token, ref)
+    return text
 
 
-def saved_form(raw: object, storage: Storage) -> str | None:
-    """The storage URL to write into study.json: never a password, but enough for `sweep.report DIR` to reconnect.
-
-    A password is only ever given as ${oc.env:VAR} (see refuse_saved_password); study.json keeps that
-    reference, and readers resolve it from their own environment.
-    """
-    if storage.url is None:
-        return None
-    if not storage.has_password:
-        return storage.url
-    raw = str(raw)
-    names = re.findall(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)[^}]*\}", raw)
-    if re.fullmatch(r"\s*\$\{oc\.env:[A-Za-z_][A-Za-z0-9_]*\}\s*", raw):
-        return raw.strip()  # the whole URL comes from the environment
-    for name in names:
-        secret = os.environ.get(name)
-        if secret and secret in storage.url:
-            return storage.url.replace(secret, "${oc.env:%s}" % name)
-    return redact(storage.url)
-
-
-def from_saved(text: str, setting: str) -> str:
-    """A study.json URL, with its ${oc.env:VAR} references filled in from this process's environment."""
-    def fill(m: re.Match) -> str:
-        if not os.environ.get(m.group(1)):
-            raise UserError(f"{setting}: the study's storage takes its password from the environment variable "
-                            f"{m.group(1)}, which is not set here")
-        return os.environ[m.group(1)]
-
-    return re.sub(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)[^}]*\}", fill, text)
-
-
-def refuse_saved_password(raw: object, storage: Storage, setting: str = "hydra.sweeper.storage") -> None:
-    """Hydra writes the sweeper's settings into every run's .hydra/hydra.yaml: a literal password would land there."""
-    if storage.has_password and "${oc.env:" not in str(raw):
-        raise UserError(
-            f"{setting} holds a password, which would be saved in every run's config; leave it out and set "
-            "PGPASSWORD (or ~/.pgpass), or write it as ${oc.env:SWEEP_DB_PASSWORD}")
+def from_file(value: object, setting: str, base: Path) -> Storage:
+    """A storage URL read from a file (study.json): files are opened, a database never is, and no ${oc.env:...} is
+    resolved: where a secret goes is for the user to say, with --storage."""
+    spec = parse(value, setting, base=base, resolve_env=False)
+    if spec.kind == "rdb":
+        bare = ENV_REF.sub("", spec.shown).replace(f":{MASK}@", "@").replace(":@", "@")
+        raise UserError(f"{setting}: the study is in a database ({spec.shown}); a sweep folder never decides where "
+                        f"this command connects. Give the storage yourself: --storage '{bare}' (the password from "
+                        "PGPASSWORD or ~/.pgpass, or ${oc.env:VAR} typed by you)")
+    return spec
 
 
 # ------------------------------------------------------------------ opening
@@ -175,7 +239,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{setting}={storage} cannot be opened: {redact(first_line(_cause(e)))}") from None
+        raise UserError(f"{setting}={storage} cannot be opened: {storage.redact(first_line(_cause(e)))}") from None
 
 
 def _cause(e: BaseException) -> BaseException:
@@ -228,7 +292,7 @@ def load_study_from(backend, storage: Storage, name: str, setting: str, **kw):
     except KeyError:
         raise UserError(f"{setting}={storage}: no study named {name!r} there") from None
     except Exception as e:  # a text file, a 0-byte database, a database without Optuna's tables
-        raise UserError(f"{setting}={storage} is not an Optuna study storage ({redact(first_line(e))})") from None
+        raise UserError(f"{setting}={storage} is not an Optuna study storage ({storage.redact(first_line(e))})") from None
 
 
 # ------------------------------------------------------------------ guarding a file while a sweep uses it

@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sweep import atomic
 from sweep import storage as st
 from sweep import task
-from sweep.attrs import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.launcher import AsyncLauncher, BatchAdapter
 from sweep.plugin import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
@@ -138,10 +138,7 @@ class SweepImpl:
         from hydra.core.plugins import Plugins
 
         self.hydra_context, self.config = hydra_context, config
-        raw = OmegaConf.to_container(config.hydra.sweeper, resolve=False).get("storage")
-        self.spec = st.parse(self.storage, base=Path(os.getcwd()))
-        st.refuse_saved_password(raw, self.spec)
-        self.saved_storage = st.saved_form(raw, self.spec)
+        self.spec = st.parse(st.text_of(config), base=Path(os.getcwd()))
         try:
             launcher = Plugins.instance().instantiate_launcher(
                 config=config, hydra_context=hydra_context, task_function=GuardedTask(task_function))
@@ -236,7 +233,8 @@ class SweepImpl:
 
     def _job(self, space: SearchSpace, trial) -> list[str]:
         """A trial's overrides: its parameters (and the custom search space's), the fixed values, and the
-        environment through which the job's sweep.trial() finds its trial."""
+        environment through which the job's sweep.trial() finds its trial (and, in the job's own config, the study's
+        storage, whose secret each worker reads from its own environment)."""
         if self.extend is not None:
             try:
                 self.extend(self.config, trial)
@@ -246,8 +244,6 @@ class SweepImpl:
         if overlap:
             raise UserError(f"{overlap[0]} is both fixed and suggested by hydra.sweeper.custom_search_space")
         env = {TRIAL_ENV: str(trial.number), STUDY_ENV: self.handle.study.study_name}
-        if self.spec.url is not None and not self.spec.has_password:
-            env[STORAGE_ENV] = self.spec.url
         return space.overrides(trial.params) + [f"+hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()]
 
     def _check_edges(self, space: SearchSpace) -> None:
@@ -272,7 +268,7 @@ class SweepImpl:
 
     def _claim(self, sweep_dir: Path, handle, earlier: int) -> None:
         """Make the sweep folder this study's: two studies in one folder would overwrite each other's runs."""
-        record = {"storage": self.saved_storage, "study_name": handle.study.study_name, "directions": self.directions}
+        record = {"storage": self.spec.saved, "study_name": handle.study.study_name, "directions": self.directions}
         try:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             mine = atomic.create_text(sweep_dir / "study.json", json.dumps(record) + "\n")

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STUDY_ENV, TRIAL_ENV
 from sweep.errors import UserError
 
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
@@ -116,7 +116,7 @@ def trial():
 
 
 def _study(hc):
-    import optuna
+    from hydra.core.hydra_config import HydraConfig
 
     from sweep import storage as st
     from sweep.plugin import PRUNER_TARGETS, build
@@ -124,7 +124,7 @@ def _study(hc):
     sw, name = hc.sweeper, os.environ.get(STUDY_ENV) or hc.sweeper.study_name
     if name in _live:
         return _live[name]
-    spec = st.parse(os.environ.get(STORAGE_ENV) or sw.get("storage"), base=Path(hc.runtime.cwd))
+    spec = st.parse(st.text_of(HydraConfig.instance().cfg), base=Path(hc.runtime.cwd))
     if spec.kind == "memory":
         raise UserError("hydra.sweeper.storage=null keeps the study in the sweep process's memory, which this "
                         "worker process cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db) "

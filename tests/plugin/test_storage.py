@@ -1,0 +1,122 @@
+"""Storage URLs and secrets, judged on the parsed URL: a password is absent or exactly one ${oc.env:VAR}; what is
+printed or saved never holds it; and a URL read from a sweep folder is never connected to."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import assert_one_line_error, run_app, run_cli
+from sweep import storage as st
+from sweep.errors import UserError
+
+SECRET = "S3cr@t/pa:ss%41"
+
+
+@pytest.mark.parametrize("url", [
+    f"postgresql://u:{SECRET}@h/db",
+    "postgresql://u:S3cret@h/db",
+    "postgresql://u@h/db?password=S3cret",
+    "postgresql://u:${oc.env:UNSET_VAR,S3cret}@h/db",  # a literal default is a literal password
+    "postgresql://${oc.env:USER}:S3cret@h/db",  # a reference elsewhere does not make the password one
+    "sqlite:///x.db?password=S3cret",
+])
+def test_a_literal_password_is_refused_and_never_printed(url):
+    with pytest.raises(UserError) as e:
+        st.parse(url)
+    assert "holds a password" in str(e.value) and "S3cret" not in str(e.value) and "S3cr" not in str(e.value)
+
+
+def test_a_password_from_the_environment_may_hold_any_character(monkeypatch):
+    monkeypatch.setenv("DB_PW", SECRET)
+    spec = st.parse("postgresql://u:${oc.env:DB_PW}@h:5432/db?sslmode=require")
+    assert spec.shown == "postgresql://u:***@h:5432/db?sslmode=require" and spec.saved.count("${oc.env:DB_PW}") == 1
+    from sqlalchemy.engine import make_url
+
+    url = make_url(spec.url)
+    assert (url.password, url.host, url.port, url.database) == (SECRET, "h", 5432, "db")
+    message = spec.redact(f"could not connect to {spec.url} nor postgresql://u:{SECRET}@h/db")
+    assert SECRET not in message and "pa:ss" not in message and "t/pa" not in message
+    monkeypatch.delenv("DB_PW")
+    with pytest.raises(UserError, match=re.escape("which does not set DB_PW here")):
+        st.parse("postgresql://u:${oc.env:DB_PW}@h/db")
+
+
+def test_redact_masks_a_whole_password_even_when_it_did_not_parse():
+    text = st.redact("postgresql://u:ab@cd/ef:gh@host/db?password=zz&sslmode=on and sqlite:///a.db")
+    assert "ab" not in text.split("://")[1].split("***")[0] and "cd/ef" not in text and "zz" not in text
+    assert "sslmode=on" in text and "sqlite:///a.db" in text
+
+
+class Listener:
+    """A stranger's host: a TCP port that notes whether anyone connected."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.sock.settimeout(0.2)
+        self.port, self.connections, self.stop = self.sock.getsockname()[1], 0, threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            conn.close()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.parametrize("password", ["${oc.env:CLOUD_TOKEN}", ""])
+def test_a_hostile_sweep_folder_sends_no_secret_anywhere(tmp_path, password):
+    listener = Listener()
+    try:
+        folder = tmp_path / "shared-sweep"
+        folder.mkdir()
+        user = f"x:{password}" if password else "x"
+        (folder / "study.json").write_text(json.dumps({
+            "storage": f"postgresql://{user}@127.0.0.1:{listener.port}/db", "study_name": "s",
+            "directions": ["maximize"]}))
+        env = {"CLOUD_TOKEN": "tok-123", "PGPASSWORD": "pg-456"}
+        result = run_cli("sweep.report", str(folder), cwd=tmp_path, env=env)
+        assert_one_line_error(result, "a sweep folder never decides where this command connects",
+                              f"--storage 'postgresql://x@127.0.0.1:{listener.port}/db'")
+        assert "tok-123" not in result.stdout + result.stderr and listener.connections == 0
+    finally:
+        listener.close()
+
+
+def test_a_literal_password_on_the_command_line_is_refused_and_never_saved(tmp_path):
+    url = "postgresql://sweep@127.0.0.1:9/sweep?password=S3cret"
+    result = run_app("--multirun", f"hydra.sweeper.storage='{url}'", cwd=tmp_path)
+    assert_one_line_error(result, "holds a password", "PGPASSWORD")
+    assert "S3cret" not in result.stdout + result.stderr
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and b"S3cret" in p.read_bytes()]
+    report = run_cli("sweep.report", "--storage", "postgresql://u:S3cret@127.0.0.1:9/db", "--study", "nosuch",
+                     cwd=tmp_path)
+    assert_one_line_error(report, "--storage")
+    assert "S3cret" not in report.stdout + report.stderr
+
+
+def test_the_saved_study_record_is_data_not_a_url_to_trust(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    for content, fragment in [("{", "is damaged"), (json.dumps({"storage": 5, "study_name": "s"}), "is damaged"),
+                              (json.dumps({"storage": "journal:///${oc.env:HOME}/x", "study_name": "s"}),
+                               "a journal needs a file")]:
+        (folder / "study.json").write_text(content)
+        assert_one_line_error(run_cli("sweep.report", str(folder), cwd=tmp_path), fragment)
+    assert Path(folder).is_dir()
