@@ -1,35 +1,11 @@
-"""The private parts of other projects that sweep relies on, each used in one place. These fail when an upgrade
-changes them, instead of a sweep failing later."""
+"""The private parts of other projects that sweep still relies on, each used in one place (Optuna: none). These fail
+when an upgrade changes them, instead of a sweep failing later."""
 
-import inspect
+import multiprocessing
+import os
+import subprocess
 
-import optuna
 from hydra.core.utils import JobReturn, JobStatus
-from optuna.distributions import CategoricalDistribution, IntDistribution
-
-
-def test_hydra_optuna_sweepers_implementation_still_offers_what_sweep_sweeper_uses():
-    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
-
-    space, fixed, deletions = create_params_from_overrides(["a=choice(1,2)", "b=3", "~c"])
-    assert space == {"a": CategoricalDistribution([1, 2])} and fixed == {"b": "3"} and deletions == ["~c"]
-    impl = OptunaSweeperImpl(None, "maximize", None, "s", 1, 1, 0.0, None, None)
-    impl._process_searchspace_config()
-    assert impl._parse_sweeper_params_config() == [] and impl._get_directions() == ["maximize"]
-    assert OptunaSweeperImpl._to_grid_sampler_choices(IntDistribution(1, 3)) == [1, 2, 3]
-    study = optuna.create_study()
-    overrides = impl._configure_trials([study.ask()], {"a": CategoricalDistribution([1, 2])}, {"b": "3"}, [])
-    assert overrides[0][0] in ("a=1", "a=2") and overrides[0][1] == "b=3"
-    assert list(inspect.signature(OptunaSweeperImpl.setup).parameters) == ["self", "hydra_context", "task_function",
-                                                                           "config"]
-
-
-def test_optuna_still_lists_stale_trials_the_way_sweep_storage_reads_them():
-    from sweep.storage import stale_trial_ids
-
-    storage = optuna.storages.RDBStorage("sqlite:///:memory:", heartbeat_interval=1, grace_period=1)
-    study = optuna.create_study(storage=storage)
-    assert stale_trial_ids(storage, study._study_id) == []
 
 
 def test_a_failed_jobs_exception_is_still_where_sweep_launcher_reads_it():
@@ -38,3 +14,28 @@ def test_a_failed_jobs_exception_is_still_where_sweep_launcher_reads_it():
     error = RuntimeError("boom")
     assert job_error(JobReturn(status=JobStatus.FAILED, _return_value=error)) is error
     assert job_error(JobReturn(status=JobStatus.COMPLETED, _return_value=1.0)) is None
+
+
+def test_multiprocessing_can_still_stop_its_fork_server_and_resource_tracker():
+    from multiprocessing import forkserver, resource_tracker
+
+    from sweep.pool import _stop_fork_server
+
+    ctx = multiprocessing.get_context("forkserver")
+    proc = ctx.Process(target=os.getpid)
+    proc.start()
+    proc.join()
+    helpers = [int(p) for p in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
+                                              text=True).stdout.split()]
+    assert helpers  # the fork server and the resource tracker, children of this process
+    assert callable(forkserver._forkserver._stop) and callable(resource_tracker._resource_tracker._stop)
+    _stop_fork_server()
+    assert not [p for p in helpers if _state(p) not in ("gone", "Z")]
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
