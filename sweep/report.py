@@ -32,12 +32,13 @@ from optuna.trial import FrozenTrial, TrialState  # noqa: E402
 
 from sweep import atomic  # noqa: E402
 from sweep import storage as st  # noqa: E402
+from sweep.attrs import FAIL_REASON, GPUS, NODE, RUN_DIR, RUN_SECONDS, STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS  # noqa: E402
 from sweep.errors import UserError, first_line  # noqa: E402
 
 log = logging.getLogger(__name__)
 
 TOP = 5  # learning curves highlighted
-RUN_COLUMNS = ["best_epoch", "epochs_run", "train_seconds", "param_count", "precision"]  # sweep.train's, when present
+FENCE = 3.0  # learning curves show values within this many interquartile ranges of the middle half (Tukey's far fences)
 TITLES = {
     "best_so_far.png": "Best so far",
     "pareto.png": "Pareto front",
@@ -100,26 +101,32 @@ def _best_step_value(t: FrozenTrial, maximize: bool) -> float | None:
 
 
 def _seconds(t: FrozenTrial) -> float | None:
+    """The trial's own wall time: as its worker measured it, else from the study's clock less the start-up."""
+    if isinstance(t.user_attrs.get(RUN_SECONDS), (int, float)):
+        return float(t.user_attrs[RUN_SECONDS])
     if t.datetime_start and t.datetime_complete:
-        return (t.datetime_complete - t.datetime_start).total_seconds()
+        startup = t.user_attrs.get(STARTUP_SECONDS)
+        return (t.datetime_complete - t.datetime_start).total_seconds() - (startup if isinstance(startup, (int, float)) else 0)
     return None
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial, best first (Pareto-optimal first for several objectives): state, why it stopped, every
-    swept parameter, the objective(s), steps reported, wall seconds, and sweep.train's run attributes when set."""
+    swept parameter, the objective(s), steps reported, its own seconds and its start-up, where it ran, and every
+    user attribute the task set (trial.set_user_attr)."""
     trials = study.get_trials(deepcopy=False)
     objs = objectives(study)
     names = sorted({name for t in trials for name in t.params})
     front = {t.number for t in study.best_trials} if len(objs) > 1 and any(
         t.state == TrialState.COMPLETE for t in trials) else set()
-    extras = [c for c in RUN_COLUMNS if any(c in t.user_attrs for t in trials)]
+    own = sorted({k for t in trials for k in t.user_attrs if k not in SWEEP_ATTRS} - set(names))
+    placed = any(t.user_attrs.get(NODE) for t in trials)
     has_steps = any(t.intermediate_values for t in trials)
     rows = []
     for t in trials:
         attrs = t.user_attrs
         row = {"trial": t.number, "state": t.state.name,
-               "reason": attrs.get({TrialState.FAIL: "fail_reason", TrialState.PRUNED: "stop_reason"}.get(t.state, ""), "")}
+               "reason": attrs.get({TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: STOP_REASON}.get(t.state, ""), "")}
         if len(objs) > 1:
             row["pareto"] = t.number in front
         row.update({n: t.params.get(n) for n in names})
@@ -131,17 +138,60 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         if has_steps:
             row["steps"] = len(t.intermediate_values)
         row["seconds"] = _seconds(t)
-        row.update({c: attrs.get(c) for c in extras})
-        if "run_dir" in attrs or any("run_dir" in x.user_attrs for x in trials):
-            row["run_dir"] = attrs.get("run_dir", "")
+        row["startup_seconds"] = attrs.get(STARTUP_SECONDS)
+        if placed:
+            row["node"], row["gpus"] = attrs.get(NODE, ""), attrs.get(GPUS, "")
+        row.update({k: _cell_value(attrs.get(k)) for k in own})
+        row["run_dir"] = attrs.get(RUN_DIR, "")
         rows.append(row)
     df = pd.DataFrame(rows)
     if df.empty:
         return df
+    if df["startup_seconds"].isna().all():
+        df = df.drop(columns=["startup_seconds"])
+    if not df["run_dir"].astype(bool).any():
+        df = df.drop(columns=["run_dir"])
     if len(objs) == 1:
         metric, maximize = objs[0]
         return df.sort_values(metric, ascending=not maximize, na_position="last", kind="stable").reset_index(drop=True)
     return df.sort_values(["pareto", "trial"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _cell_value(value):
+    """A user attribute as a table cell: numbers and text as they are, anything else as JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, default=str)
+
+
+def headline(study: optuna.Study, table: pd.DataFrame) -> str:
+    """The report's first lines: the best trial, its parameters and value, the sweep's wall time, trials by state."""
+    trials = study.get_trials(deepcopy=False)
+    objs = objectives(study)
+    counts = table["state"].value_counts().to_dict()
+    states = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+                       if s in counts)
+    started = [t.datetime_start for t in trials if t.datetime_start]
+    ended = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ended) - min(started)).total_seconds() if started and ended else 0.0
+    goal = ", ".join(f"{'maximize' if mx else 'minimize'} {name}" for name, mx in objs)
+    lines = [f"{len(trials)} trials ({states}) in {_duration(wall)} of wall time; {goal}."]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and len(objs) == 1:
+        best = study.best_trial
+        params = ", ".join(f"{k}={_cell(v)}" for k, v in best.params.items()) or "no swept parameters"
+        lines.append(f"Best: trial {best.number}, {objs[0][0]} = {best.value:.6g}, with {params}.")
+    elif complete:
+        lines.append(f"Pareto front: {len(study.best_trials)} trial(s), listed first below.")
+    else:
+        lines.append("No trial completed yet.")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h} h {rest // 60:02d} min" if h else (f"{rest // 60} min {rest % 60:02d} s" if rest >= 60 else f"{rest} s")
 
 
 # ------------------------------------------------------------------ plots
@@ -176,25 +226,55 @@ def plot_best_so_far(curves: dict[str, pd.DataFrame], metric: str, maximize: boo
 
 
 def plot_learning_curves(trials: list[FrozenTrial], metric: str, maximize: bool, path: Path) -> None:
-    ranked = sorted((t for t in trials if t.intermediate_values), key=lambda t: _best_step_value(t, maximize) or 0,
-                    reverse=maximize)
-    top = {t.number for t in ranked[:TOP] if t.state == TrialState.COMPLETE}
+    """Every trial's reported values per step, the top ones labelled with their result; the y-axis keeps to the
+    bulk of the values (a pruned trial's wild values would squash the rest) and says when it clips."""
+    def result(t: FrozenTrial) -> float | None:
+        return t.values[0] if t.state == TrialState.COMPLETE else None
+
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.intermediate_values),
+                  key=lambda t: result(t), reverse=maximize)
+    top = {t.number for t in done[:TOP]}
+    values = [v for t in trials for v in t.intermediate_values.values() if v is not None and math.isfinite(v)]
+    rank = {t.number: i for i, t in enumerate(done[:TOP])}
     fig, ax = plt.subplots(figsize=(8, 5))
-    for t in reversed(ranked):  # best drawn last, on top
+    labelled = {}
+    for t in sorted(trials, key=lambda t: -rank.get(t.number, TOP)):  # the best drawn last, on top
         steps = sorted(t.intermediate_values)
-        values = [t.intermediate_values[s] for s in steps]
+        ys = [t.intermediate_values[s] for s in steps]
         if t.number in top:
-            ax.plot(steps, values, lw=2, label=f"trial {t.number}: {_best_step_value(t, maximize):.4g}")
+            (labelled[rank[t.number]],) = ax.plot(steps, ys, lw=2, label=f"trial {t.number}: {result(t):.4g}")
         elif t.state == TrialState.PRUNED:
-            ax.plot(steps, values, color="tab:red", alpha=0.25, lw=1)
+            ax.plot(steps, ys, color="tab:red", alpha=0.25, lw=1)
         else:
-            ax.plot(steps, values, color="grey", alpha=0.5, lw=1)
-    ax.plot([], [], color="tab:red", alpha=0.4, label="pruned")
-    ax.plot([], [], color="grey", alpha=0.6, label="other")
-    ax.set(title=f"{metric} per reported step (top {TOP} highlighted)", xlabel="step", ylabel=metric)
+            ax.plot(steps, ys, color="grey", alpha=0.5, lw=1)
+    extra = [ax.plot([], [], color="tab:red", alpha=0.4, label="pruned")[0],
+             ax.plot([], [], color="grey", alpha=0.6, label="other")[0]]
+    title = f"{metric} per reported step (top {TOP} by result)"
+    limits = robust_limits(values)
+    if limits is not None:
+        ax.set_ylim(*limits[:2])
+        title += f"\ny clipped to the bulk of the values: {limits[2]} of {len(values)} points outside"
+    ax.set(title=title, xlabel="step", ylabel=metric)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right" if maximize else "upper right", fontsize=8)
+    ax.legend(handles=[labelled[i] for i in sorted(labelled)] + extra, loc="lower right" if maximize else "upper right",
+              fontsize=8)
     _save(fig, path)
+
+
+def robust_limits(values: list[float]) -> tuple[float, float, int] | None:
+    """(low, high, points outside) of a y-axis that keeps to the bulk of `values`, or None when none stray far."""
+    if len(values) < 8:
+        return None
+    q1, q3 = pd.Series(values).quantile([0.25, 0.75]).tolist()
+    spread = q3 - q1
+    if spread <= 0:
+        return None
+    inside = [v for v in values if q1 - FENCE * spread <= v <= q3 + FENCE * spread]
+    outside = len(values) - len(inside)
+    if not outside:
+        return None
+    pad = (max(inside) - min(inside)) * 0.05 or spread
+    return min(inside) - pad, max(inside) + pad, outside
 
 
 def plot_params(trials: list[FrozenTrial], metric: str, path: Path) -> None:
@@ -261,7 +341,7 @@ def pareto_front(costs: list[float], values: list[float], maximize: bool = True)
 
 def plot_cost(table: pd.DataFrame, metric: str, maximize: bool, path: Path) -> None:
     done = table[table["state"] == "COMPLETE"]
-    costs = [(c, label) for c, label in [("seconds", "trial wall-clock seconds (log scale)"),
+    costs = [(c, label) for c, label in [("seconds", "trial's own seconds, start-up excluded (log scale)"),
                                          ("param_count", "parameters (log scale)")] if c in done.columns]
     fig, axes = plt.subplots(1, len(costs), figsize=(5.5 * len(costs), 4), squeeze=False)
     for ax, (col, label) in zip(axes.flat, costs):
@@ -300,10 +380,11 @@ def plot_pareto(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -
 
 
 def _save(fig, path: Path) -> None:
-    fig.tight_layout()
     try:
         with atomic.replacing(path) as tmp:  # a killed report never leaves half a PNG
-            fig.savefig(tmp, dpi=90, format="png")
+            # bbox_inches="tight" fits the labels in one pass (tight_layout took twice as long); a light PNG
+            # compression writes several times faster for a few percent more bytes.
+            fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight", pil_kwargs={"compress_level": 1})
     finally:
         plt.close(fig)
 
@@ -331,7 +412,6 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     metric, maximize = objs[0]
     table = trials_table(study)
     atomic.write_text(out_dir / "report.csv", table.to_csv(index=False))
-    atomic.write_text(out_dir / "report.md", markdown(table))
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     plots = []
     if len(objs) == 1:
@@ -349,10 +429,9 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     if len(objs) == 1:
         plot_cost(table, metric, maximize, out_dir / "cost.png")
         plots.append("cost.png")
-    counts = table["state"].value_counts().to_dict()
-    goal = ", ".join(f"{'maximize' if mx else 'minimize'} {name}" for name, mx in objs)
-    summary = f"{len(table)} trials ({goal}): " + ", ".join(f"{n} {s.lower()}" for s, n in counts.items())
-    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", summary, table, plots)
+    top = headline(study, table)
+    atomic.write_text(out_dir / "report.md", top + "\n\n" + markdown(table))
+    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots)
     log.info("report written to %s", out_dir / "report.html")
     return table
 
@@ -427,7 +506,7 @@ figure {{ display: inline-block; margin: 1em; }}
 img {{ max-width: 100%; }}
 .scroll {{ max-height: 30em; overflow: auto; }}
 </style></head>
-<body><h1>{html.escape(title)}</h1><p>{html.escape(summary)}</p>
+<body><h1>{html.escape(title)}</h1>{"".join(f"<p>{html.escape(line)}</p>" for line in summary.splitlines())}
 {figures}
 <h2>All runs</h2><div class="scroll">{table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
 </body></html>
@@ -436,7 +515,8 @@ img {{ max-width: 100%; }}
 
 
 def print_top(table: pd.DataFrame, n: int = 10) -> None:
-    shown = table.drop(columns=["run_dir"], errors="ignore").head(n)
+    """The best rows on the terminal, without the columns report.html has room for."""
+    shown = table.drop(columns=["run_dir", "node", "gpus", "startup_seconds"], errors="ignore").head(n)
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
 
 

@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> float:
             time.sleep(cfg.epoch_seconds)
         if cfg.print:
             print(cfg.print, flush=True)
-        if cfg.fail and epoch == 2:
+        if cfg.fail or cfg.fail_trial == trial.number:
             raise RuntimeError("cfg.fail is true")
         if cfg.exit_code is not None:
             sys.exit(cfg.exit_code)

@@ -1,4 +1,5 @@
-"""The sweep report, on one tiny real digits sweep shared by the tests in this file."""
+"""The sweep report, on one small real sweep of the test app shared by the tests in this file, and on studies
+built here."""
 
 import shutil
 import subprocess
@@ -9,9 +10,10 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import run_cli, train_cli
+from helpers import run_app, run_cli
 from sweep import report
-from sweep.train import METRIC
+
+METRIC = "score"  # the test app's metric_names
 
 pytestmark = pytest.mark.xdist_group("report")  # the module's one sweep serves every test: keep them together
 
@@ -20,12 +22,11 @@ PLOTS = ["best_so_far.png", "learning_curves.png", "params.png", "importance.png
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory) -> Path:
-    """A 6-trial digits sweep with an aggressive pruner and one injected failure (a diverging lr)."""
+    """A 6-trial sweep with an aggressive pruner and one injected failure."""
     cwd = tmp_path_factory.mktemp("sweep")
-    result = train_cli("--multirun", "data=digits", "search=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=6",
-                       "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=1",
-                       "hydra.sweeper.pruner.n_startup_trials=1", "hydra.sweeper.pruner.n_warmup_steps=0",
-                       "optimizer.lr=choice(0.02,0.1,1e12)", cwd=cwd)
+    result = run_app("--multirun", "hydra.sweeper.n_trials=6", "hydra/sweeper/sampler=random", "hydra.sweeper.report=true",
+                     "hydra.sweeper.sampler.seed=1", "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
+                     "fail_trial=1", "hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.n_jobs=1", cwd=cwd)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = [p.parent for p in cwd.glob("multirun/*/*/study.json")]
     return sweep_dir
@@ -44,18 +45,19 @@ def test_table_has_a_row_per_trial_best_first(swept):
     table = pd.read_csv(swept / "report.csv")
     trials = _study(swept).trials
     assert sorted(table["trial"]) == [t.number for t in trials]
-    for col in ["trial", "state", "reason", "optimizer.lr", "model.width", METRIC, "steps", "seconds",
-                "best_epoch", "epochs_run", "train_seconds", "param_count", "precision", "run_dir"]:
+    for col in ["trial", "state", "reason", "lr", "width", METRIC, "steps", "seconds", "startup_seconds", "node",
+                "gpus", "note", "run_dir"]:
         assert col in table.columns
     values = table[METRIC].dropna().tolist()
     assert values == sorted(values, reverse=True)
     assert set(table["state"]) <= {"COMPLETE", "PRUNED", "FAIL"}
     failed = table[table["state"] == "FAIL"]
-    assert (failed["reason"].str.contains("diverged")).all()
+    assert failed["reason"].tolist() == ["RuntimeError: cfg.fail is true"]
     pruned = table[table["state"] == "PRUNED"]
-    assert (pruned["reason"].str.match(r"pruned at step \d+ by median")).all()
+    assert len(pruned) and (pruned["reason"].str.match(r"pruned at step \d+ by median")).all()
+    assert table.loc[table["state"] == "COMPLETE", "note"].str.startswith("pid ").all()  # the task's own attribute
     md = (swept / "report.md").read_text().splitlines()
-    assert md[0].startswith("| trial | state |") and len(md) == len(trials) + 2
+    assert md[3].startswith("| trial | state |") and len(md) == 3 + len(trials) + 2
 
 
 def test_plots_are_real_images(swept):
@@ -81,16 +83,16 @@ def test_report_command_prints_the_top_runs_and_never_touches_the_study(swept, t
     result = run_cli("sweep.report", str(swept), "--out", str(out), cwd=swept.parents[2])
     assert result.returncode == 0, result.stderr
     header = result.stdout.splitlines()[0].split()
-    assert header[:2] == ["trial", "state"] and METRIC in header
+    assert header[:2] == ["trial", "state"] and METRIC in header and "node" not in header
     assert len(result.stdout.strip().splitlines()) == 1 + len(_study(swept).trials)
     assert (out / "report.html").exists() and db.read_bytes() == before
 
 
 def test_report_from_storage_url(swept, tmp_path):
     db = next(swept.parents[1].glob("studies/*.db"))
-    result = run_cli("sweep.report", "--storage", f"sqlite:///{db}", "--study", "digits", cwd=tmp_path)
+    result = run_cli("sweep.report", "--storage", f"sqlite:///{db}", "--study", "curve", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert len(pd.read_csv(tmp_path / "report-digits" / "report.csv")) == len(_study(swept).trials)
+    assert len(pd.read_csv(tmp_path / "report-curve" / "report.csv")) == len(_study(swept).trials)
 
 
 def test_comparing_two_sweeps(swept, tmp_path):
@@ -105,11 +107,11 @@ def test_a_running_trial_shows_its_best_report_so_far(swept, tmp_path):
     db = next(swept.parents[1].glob("studies/*.db"))
     copy = tmp_path / "copy.db"
     shutil.copy(db, copy)
-    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{copy}")
+    study = optuna.load_study(study_name="curve", storage=f"sqlite:///{copy}")
     running = study.ask()
     running.report(0.5, 1)
     running.report(0.25, 2)
-    table = report.write_report(report.open_study(f"sqlite:///{copy}", "digits"), tmp_path / "out")
+    table = report.write_report(report.open_study(f"sqlite:///{copy}", "curve"), tmp_path / "out")
     row = table[table["trial"] == running.number].iloc[0]
     assert row["state"] == "RUNNING" and row[METRIC] == 0.5 and row["steps"] == 2
 
@@ -205,3 +207,60 @@ def test_report_renders_in_a_browser(swept, tmp_path):
     n = len(PLOTS)
     rows = len(_study(swept).trials)
     assert f"<title>images {n}/{n} table visible rows {rows}</title>" in result.stdout, result.stdout[-500:] + result.stderr[-1500:]
+
+
+def _study_with(tmp_path, specs) -> optuna.Study:
+    """A maximize study from (state, reports, result, user attrs) tuples."""
+    study = optuna.create_study(direction="maximize", storage=f"sqlite:///{tmp_path / 'made.db'}", study_name="made")
+    for state, reports, result, attrs in specs:
+        trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+        for step, value in enumerate(reports, 1):
+            trial.report(value, step)
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, result if state == "COMPLETE" else None, state=getattr(optuna.trial.TrialState, state))
+    return study
+
+
+def test_the_headline_names_the_best_trial_its_value_wall_time_and_states(tmp_path):
+    study = _study_with(tmp_path, [("COMPLETE", [0.2, 0.4], 0.4, {}), ("COMPLETE", [0.5, 0.9], 0.6, {}),
+                                   ("PRUNED", [0.1], None, {}), ("FAIL", [], None, {})])
+    table = report.write_report(study, tmp_path / "out")
+    best = study.best_trial
+    lines = (tmp_path / "out" / "report.md").read_text().splitlines()
+    assert lines[0].startswith("4 trials (2 complete, 1 pruned, 1 fail) in ") and "of wall time; maximize value" in lines[0]
+    assert lines[1] == f"Best: trial {best.number}, value = 0.6, with x={best.params['x']:.4g}."
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert lines[0] in page and lines[1] in page and table["value"].iloc[0] == 0.6
+
+
+def test_every_user_attribute_is_a_column_and_start_up_is_kept_out_of_seconds(tmp_path):
+    study = _study_with(tmp_path, [
+        ("COMPLETE", [0.3], 0.3, {"note": "first", "shape": {"layers": [1, 2]}, "startup_seconds": 20.0,
+                                  "run_seconds": 2.0}),
+        ("COMPLETE", [0.5], 0.5, {"note": "second", "run_seconds": 3.5})])
+    table = report.trials_table(study).set_index("trial")
+    assert table.loc[0, "note"] == "first" and table.loc[0, "shape"] == '{"layers": [1, 2]}'
+    assert table.loc[0, "seconds"] == 2.0 and table.loc[0, "startup_seconds"] == 20.0
+    assert table.loc[1, "seconds"] == 3.5 and pd.isna(table.loc[1, "startup_seconds"])
+    assert "run_seconds" not in table.columns
+
+
+def test_curves_are_labelled_with_results_and_clipped_to_the_bulk_of_the_values(tmp_path):
+    import matplotlib.pyplot as plt
+
+    specs = [("COMPLETE", [0.5 + i / 100, 0.9, 0.6], 0.6 + i / 100, {}) for i in range(5)]
+    specs.append(("PRUNED", [1e9], None, {}))  # a wild value that would squash the plot
+    study = _study_with(tmp_path, specs)
+    captured = {}
+    real = report._save
+    report._save = lambda fig, path: captured.update(fig=fig)  # look at the figure instead of the file
+    try:
+        report.plot_learning_curves(study.trials, "value", True, tmp_path / "curves.png")
+    finally:
+        report._save = real
+    ax = captured["fig"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:5] == [f"trial {n}: {0.6 + n / 100:.4g}" for n in (4, 3, 2, 1, 0)]  # results, not best reports
+    assert ax.get_ylim()[1] < 2 and "1 of 16 points outside" in ax.get_title()
+    plt.close(captured["fig"])
