@@ -1,8 +1,8 @@
 """Names the sweeper, the task side and the report share: trial attributes and the job's environment."""
 
-# Set for each job through hydra.job.env_set: the trial's number and its study (the job finds the study's storage in
-# its own config).
-TRIAL_ENV, STUDY_ENV = "SWEEP_TRIAL", "SWEEP_STUDY"
+# Set for each job through hydra.job.env_set: the trial's number, its study, and the study's storage, whose
+# ${oc.env:VAR} references travel as <env:VAR> (Hydra resolves env_set values, twice) and are filled in by the job.
+TRIAL_ENV, STUDY_ENV, STORAGE_ENV = "SWEEP_TRIAL", "SWEEP_STUDY", "SWEEP_STORAGE"
 
 # Trial user attributes (the report shows them)
 FAIL_REASON = "fail_reason"  # why a FAIL trial failed, in one line

@@ -145,6 +145,15 @@ def redact(text: str) -> str:
                   flags=re.IGNORECASE)
 
 
+def to_env(saved: str) -> str:
+    """A storage URL for an environment variable that Hydra sets: its ${oc.env:VAR} references as <env:VAR>."""
+    return ENV_REF.sub(lambda m: f"<env:{m.group(1)}>", saved)
+
+
+def from_env(value: str) -> str:
+    return re.sub(r"<env:([A-Za-z_][A-Za-z0-9_]*)>", lambda m: "${oc.env:%s}" % m.group(1), value)
+
+
 def text_of(config) -> object:
     """hydra.sweeper.storage of a config, with every interpolation resolved but ${oc.env:VAR}, which stays as written
     (Hydra saves it that way): the secret it names is read only where a connection is made, by parse()."""

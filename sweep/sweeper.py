@@ -31,7 +31,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from sweep import atomic
 from sweep import storage as st
 from sweep import task
-from sweep.attrs import STUDY_ENV, TRIAL_ENV
+from sweep.attrs import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.launcher import AsyncLauncher, BatchAdapter
 from sweep.plugin import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
@@ -233,8 +233,7 @@ class SweepImpl:
 
     def _job(self, space: SearchSpace, trial) -> list[str]:
         """A trial's overrides: its parameters (and the custom search space's), the fixed values, and the
-        environment through which the job's sweep.trial() finds its trial (and, in the job's own config, the study's
-        storage, whose secret each worker reads from its own environment)."""
+        environment through which the job's sweep.trial() finds its trial."""
         if self.extend is not None:
             try:
                 self.extend(self.config, trial)
@@ -244,6 +243,8 @@ class SweepImpl:
         if overlap:
             raise UserError(f"{overlap[0]} is both fixed and suggested by hydra.sweeper.custom_search_space")
         env = {TRIAL_ENV: str(trial.number), STUDY_ENV: self.handle.study.study_name}
+        if self.spec.saved is not None:  # no secret in it: each job reads that from its own environment
+            env[STORAGE_ENV] = st.to_env(self.spec.saved)
         return space.overrides(trial.params) + [f"+hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()]
 
     def _check_edges(self, space: SearchSpace) -> None:

@@ -20,7 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import UserError
 
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
@@ -116,15 +116,14 @@ def trial():
 
 
 def _study(hc):
-    from hydra.core.hydra_config import HydraConfig
-
     from sweep import storage as st
     from sweep.plugin import PRUNER_TARGETS, build
 
     sw, name = hc.sweeper, os.environ.get(STUDY_ENV) or hc.sweeper.study_name
     if name in _live:
         return _live[name]
-    spec = st.parse(st.text_of(HydraConfig.instance().cfg), base=Path(hc.runtime.cwd))
+    saved = os.environ.get(STORAGE_ENV)
+    spec = st.parse(st.from_env(saved) if saved else None, base=Path(hc.runtime.cwd))
     if spec.kind == "memory":
         raise UserError("hydra.sweeper.storage=null keeps the study in the sweep process's memory, which this "
                         "worker process cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db) "

@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from conftest import write_cifar10, write_imagefolder
+from mlp import write_cifar10, write_imagefolder
 from sweep.config import UserError
 from sweep.data import Images, Loader, build_splits, load_dataset, split_train_val, stratified_pick
 

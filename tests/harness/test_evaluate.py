@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from conftest import run_cli, train_cli, write_imagefolder
+from helpers import run_cli
+from mlp import train_cli, write_imagefolder
 from sweep.config import UserError
 from sweep.data import build_splits
 from sweep.evaluate import evaluate_checkpoint, find_checkpoint, load_model, predict

@@ -8,7 +8,7 @@ import optuna
 import pytest
 import torch
 
-from conftest import Recorder
+from mlp import Recorder
 
 lightning = pytest.importorskip("lightning")
 from sweep.lightning import PruningCallback  # noqa: E402

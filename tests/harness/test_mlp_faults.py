@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import assert_one_line_error, run_cli, start_cli, train_cli, wait_for
+from helpers import assert_one_line_error, run_cli, start_cli, wait_for
+from mlp import train_cli
 
 ENDLESS = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "trainer.epochs=100000"]
 

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from conftest import start_cli, train_cli, wait_for
+from helpers import start_cli, wait_for
+from mlp import train_cli
 
 FAST = ["data=digits", "search=digits", "trainer.epochs=3", "hydra/sweeper/pruner=none"]
 

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Recorder, assert_one_line_error, train_cli, write_cifar10, write_imagefolder
+from helpers import assert_one_line_error
+from mlp import Recorder, train_cli, write_cifar10, write_imagefolder
 from sweep.train import LAST, METRIC, lr_factor, train
 
 
