@@ -1,12 +1,15 @@
 """Config checks for the MLP app: every mistake a user can make in a config is caught here, in one line.
 
-The sweeper runs check_config on the configs at the edges of a search space before any trial
-(conf/config.yaml sets hydra.sweeper.check: sweep.config.check_config).
+The sweeper runs check_sweep on the configs at the edges of a search space before any trial (conf/config.yaml
+sets hydra.sweeper.check: sweep.config.check_sweep): the settings, and whether the data can be had at all.
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import socket
+from pathlib import Path
 
 import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
@@ -36,6 +39,9 @@ NORMALIZE = ("channel", "unit")
 SCHEDULES = ("none", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+SEED_MAX = 2**63 - 1  # torch.manual_seed takes a signed 64-bit integer
+MAX_CROP = 64  # pixels of padding before a random crop; CIFAR-10 uses 2-4
+CIFAR_HOST = ("www.cs.toronto.edu", 443)  # where torchvision downloads CIFAR-10 from
 KEYS = {  # every key a section may hold: anything else is a typo that would silently do nothing
     "model": {"width", "depth", "hidden_sizes", "activation", "norm", "dropout"},
     "optimizer": {"name", "lr", "momentum", "weight_decay", "nesterov"},
@@ -121,14 +127,17 @@ def check_config(cfg: DictConfig) -> None:
         _number(d.val_size) and d.val_size > 0 and (_integer(d.val_size) or d.val_size < 1),
         "data.val_size", "expected a count >= 1 or a fraction in (0, 1)", d.val_size,
     )
-    _require(_integer(d.split_seed), "data.split_seed", "expected an integer", d.split_seed)
+    _require(_integer(d.split_seed) and abs(d.split_seed) <= SEED_MAX, "data.split_seed",
+             "expected an integer within +-2**63", d.split_seed)
     _choice(cfg, "data.normalize", NORMALIZE)
     _flag(cfg, "data.flip")
-    _require(_integer(d.crop_padding) and d.crop_padding >= 0, "data.crop_padding", "expected an integer >= 0", d.crop_padding)
+    _require(_integer(d.crop_padding) and 0 <= d.crop_padding <= MAX_CROP, "data.crop_padding",
+             f"expected an integer in 0..{MAX_CROP} (pixels of padding before a random crop)", d.crop_padding)
     _require(d.cache_dir is None or isinstance(d.cache_dir, str), "data.cache_dir", "expected null or a folder", d.cache_dir)
 
     _require(_integer(t.epochs) and t.epochs > 0, "trainer.epochs", "expected an integer > 0", t.epochs)
-    _require(_integer(t.seed), "trainer.seed", "expected an integer", t.seed)
+    _require(_integer(t.seed) and abs(t.seed) <= SEED_MAX, "trainer.seed", f"expected an integer within +-2**63",
+             t.seed)
     _choice(cfg, "trainer.device", DEVICES)
     _choice(cfg, "trainer.schedule", SCHEDULES)
     _choice(cfg, "trainer.precision", PRECISIONS)
@@ -139,3 +148,30 @@ def check_config(cfg: DictConfig) -> None:
     _require(t.threads in (None, "auto") or (_integer(t.threads) and t.threads > 0), "trainer.threads",
              "expected auto, null or an integer > 0", t.threads)
     _flag(cfg, "trainer.save_checkpoint")
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """check_config, and whether the data can be had: a sweep whose every trial would fail for want of data is
+    refused before its first trial, and before any study is created."""
+    check_config(cfg)
+    check_data(cfg.data.name, cfg.data.root, cfg.data.download)
+
+
+@functools.cache
+def check_data(name: str, root: str | None, download: bool) -> None:
+    offline = "to work offline use data=digits (bundled) or data=imagefolder data.root=/path/to/images"
+    if name == "cifar10":
+        if (Path(root) / "cifar-10-batches-py" / "batches.meta").is_file():
+            return
+        if not download:
+            raise UserError(f"data.root={root!r}: CIFAR-10 is not there (no cifar-10-batches-py/batches.meta) and "
+                            f"data.download=false; {offline}")
+        try:
+            socket.create_connection(CIFAR_HOST, timeout=5).close()
+        except OSError as e:
+            raise UserError(f"data=cifar10: CIFAR-10 is not under data.root={root!r} and its download server "
+                            f"{CIFAR_HOST[0]} cannot be reached ({e.strerror or type(e).__name__}); {offline}") from None
+    elif name == "imagefolder":
+        train = Path(root) / "train"
+        if not train.is_dir():
+            raise UserError(f"data.root={root!r}: no such folder {train}; expected root/train/<class>/<image>")

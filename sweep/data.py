@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from sweep import atomic
-from sweep.errors import UserError
+from sweep.errors import UserError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         with atomic.replacing(cache) as tmp:  # parallel trials never read a half-written cache
             torch.save(_to_blob(dataset), tmp)
         log.info("cached decoded %s at %s", cfg.name, cache)
-    except OSError as e:  # a full disk costs the next run a decode, not this run its result
-        log.warning("data cache %s not written: %s", cache, e)
+    except Exception as e:  # a full disk (torch reports it as a RuntimeError) costs the next run a decode, not this one
+        log.warning("data cache %s not written: %s", cache, first_line(e))
     return dataset
 
 
@@ -206,6 +206,12 @@ def _cifar10(sources: dict[str, list[Path]]) -> Dataset:
 
 def _image_files(split_dir: Path) -> dict[str, list[Path]]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    for c in classes:
+        try:
+            c.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"data.root: the class folder {os.fsencode(split_dir / c)!r} is not UTF-8; rename it "
+                            "(class names go into reports and checkpoints)") from None
     if not classes:
         raise UserError(f"data.root: {split_dir} has no class folders; expected {split_dir}/<class>/<image>")
     files = {}

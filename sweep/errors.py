@@ -44,3 +44,32 @@ def one_line(call: Callable[[], T]) -> T:
         exit_with(str(e), EXIT_INTERRUPTED)
     except UserError as e:
         exit_with(str(e))
+
+
+def hydra_error(e: BaseException) -> str | None:
+    """One line for what Hydra or OmegaConf refused while composing a config (an unknown group option or key, an
+    override it cannot read, an interpolation that does not resolve), secrets masked; None for anything else."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from sweep.storage import redact
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, choice = e.missing_cfg_file.rsplit("/", 1)
+        options = ", ".join(e.options) if e.options else "none"
+        return f"{group}={choice} is not an option; {group} has: {options}"
+    if isinstance(e, OverrideParseException):
+        lines = str(e).strip().splitlines()
+        why = lines[1] if len(lines) > 1 and not lines[1].startswith("See ") else "it does not parse"
+        return (f"cannot read the override {redact(str(e.override))!r} ({why}); quote a value that holds spaces, "
+                "quotes or other special characters: key='my value' (inside the quotes, \\' is a quote)")
+    if isinstance(e, ConfigCompositionException):
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else None
+        text = redact(str(e).strip().splitlines()[0])
+        if cause is not None:
+            text += f" ({redact(str(cause).strip().splitlines()[0])})"
+        return text + ("; +key=value adds a key the config does not have" if "not in struct" in str(e) + str(cause) else "")
+    if isinstance(e, OmegaConfBaseException):
+        key = getattr(e, "full_key", None)
+        return f"{key + ': ' if key else ''}{redact(str(e).strip().splitlines()[0])}"
+    return None

@@ -118,9 +118,13 @@ class PoolLauncher(AsyncLauncher):
         global _pools_running
         if self._threads:
             return
+        folder = Path(str(self.config.hydra.sweep.dir))
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"hydra.sweep.dir={folder}: cannot create it ({e.strerror})") from None
         with _pools_lock:
             _pools_running += 1
-        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
         self._prepare()
         on = (f" on GPU(s) {','.join(sorted(set(self.slot_gpus), key=str))}, "
               f"{self.trials_per_gpu} trial(s) per GPU" if any(self.slot_gpus) else "")

@@ -94,7 +94,8 @@ def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | No
         if not url.database or url.database == ":memory:":
             raise UserError(f"{setting}={shown!r} is an in-memory SQLite database that each process sees empty; "
                             "give a file: sqlite:///path/study.db (or null for Optuna's in-memory storage)")
-        if url.query or "#" in (url.database or "") or refs:
+        tail = value.split(":///", 1)[1] if ":///" in value else ""
+        if "?" in tail or "#" in tail or refs:
             raise UserError(f"{setting}={shown!r} is invalid: a SQLite path may not hold '?', '#' or ${{...}} "
                             "(does hydra.sweeper.study_name contain one?)")
         path = base / Path(url.database).expanduser()

@@ -274,7 +274,7 @@ class SweepImpl:
             sweep_dir.mkdir(parents=True, exist_ok=True)
             mine = atomic.create_text(sweep_dir / "study.json", json.dumps(record) + "\n")
         except OSError as e:
-            raise UserError(f"hydra.sweep.dir={sweep_dir}: cannot write there ({first_line(e)})") from None
+            raise UserError(f"hydra.sweep.dir={sweep_dir}: cannot write there ({e.strerror or first_line(e)})") from None
         if mine:
             return
         try:

@@ -35,7 +35,7 @@ from sweep import atomic  # noqa: E402
 from sweep.config import check_config  # noqa: E402
 from sweep.data import Loader, build_splits  # noqa: E402
 from sweep.device import choose_precision, resolve_device  # noqa: E402
-from sweep.errors import UserError  # noqa: E402
+from sweep.errors import EXIT_INTERRUPTED, UserError, exit_with, first_line, hydra_error  # noqa: E402
 from sweep.model import build_model, build_optimizer, count_parameters  # noqa: E402
 
 # Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
@@ -49,7 +49,9 @@ METRIC = "val_accuracy"
 CONF_DIR = str(next(p for p in (Path(__file__).resolve().parent / "conf", Path(__file__).resolve().parent.parent / "conf")
                     if (p / "config.yaml").is_file()))
 ONECYCLE_WARMUP = 0.3  # share of steps spent warming up in the one-cycle schedule
-LAST = "last.pt"  # the resumable state after the latest epoch; removed once the run ends
+LAST = "last.pt"  # the resumable state after a recent epoch; removed once the run ends
+CHECKPOINT_SECONDS = 30  # last.pt is rewritten at most this often (and after the first epoch): short epochs don't
+                         # pay a checkpoint each, and a resumed run loses at most this much work
 
 
 class Diverged(Exception):
@@ -148,6 +150,7 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
     bar = tqdm(range(metrics["epochs_run"] + 1, cfg.trainer.epochs + 1), desc="epochs", unit="epoch",
                initial=metrics["epochs_run"], total=cfg.trainer.epochs, disable=True if in_sweep else None)
+    saved_at = -math.inf  # when last.pt was last written
     with logging_redirect_tqdm():
         for epoch in bar:
             start = time.perf_counter()
@@ -171,8 +174,10 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
                 metrics[METRIC], metrics["best_epoch"] = val_acc, epoch
                 if cfg.trainer.save_checkpoint:
                     save_checkpoint(out_dir / "best.pt", model, cfg, data, epoch, val_acc)
-            _save(out_dir, metrics, history)  # after every epoch, so a killed run keeps what it did
-            save_state(out_dir / LAST, cfg, model, optimizer, scheduler, shuffle, metrics, history)
+            _save(out_dir, metrics, history)  # a few KB: every epoch, so a killed run keeps its record
+            if time.monotonic() - saved_at >= CHECKPOINT_SECONDS:  # the whole state: now and then
+                save_state(out_dir / LAST, cfg, model, optimizer, scheduler, shuffle, metrics, history)
+                saved_at = time.monotonic()
             trial.report(val_acc, epoch)
             # A run that already did its last epoch is complete: pruning it would save nothing.
             if epoch < cfg.trainer.epochs and trial.should_prune():
@@ -239,6 +244,8 @@ def resume(cfg, out_dir: Path, trial, model, optimizer, scheduler, shuffle) -> d
     previous = sweep.previous_run_dir(trial)
     if previous is not None:
         candidates.append(previous / LAST)
+    if (out_dir / LAST).exists() and not (out_dir / LAST).is_file():
+        raise UserError(f"{out_dir / LAST} is not a file (a folder?); remove it, it is where the run keeps its state")
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         return None
@@ -274,6 +281,7 @@ def main(cfg: DictConfig) -> float:
     """Train one model and return its best validation accuracy: the value the sweeper maximizes."""
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
+    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         trial = sweep.trial()
         metrics = train(cfg, out_dir, trial)
@@ -281,9 +289,20 @@ def main(cfg: DictConfig) -> float:
             raise Diverged(f"training diverged: loss became NaN or inf at epoch {metrics['epochs_run']}; "
                            "lower optimizer.lr or add model.norm=batch")
     except (UserError, Diverged) as e:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if in_sweep:
             raise  # the sweeper records the trial as FAIL with this reason and goes on
-        raise SystemExit(f"error: {e}") from None
+        exit_with(str(e))
+    except KeyboardInterrupt:
+        if in_sweep:
+            raise
+        exit_with(f"interrupted; rerun the same command to resume from {out_dir / LAST}", EXIT_INTERRUPTED)
+    except (OSError, MemoryError, RuntimeError) as e:  # a full or read-only disk, or out of memory
+        problem = resource_problem(e, out_dir)
+        if problem is None:
+            raise
+        if in_sweep:
+            raise UserError(problem) from None
+        exit_with(problem)
     for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "precision", "status"):
         trial.set_user_attr(key, metrics[key])
     if metrics["status"] == "pruned":
@@ -295,6 +314,29 @@ def main(cfg: DictConfig) -> float:
     return metrics[METRIC]
 
 
+def resource_problem(e: BaseException, out_dir: Path | str) -> str | None:
+    """One line for running out of disk or memory, naming the path or the setting; None for anything else."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
+        where = e.filename or out_dir
+        why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+               errno.EDQUOT: "the disk quota is used up"}.get(e.errno, "permission denied")
+        return f"cannot write {where}: {why}; free space or point hydra.run.dir / hydra.sweep.dir elsewhere"
+    text = str(e)
+    if isinstance(e, MemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text.lower():
+        return ("out of memory while training; lower model.width, model.depth or data.batch_size "
+                f"({first_line(e)[:160]})")
+    return None
+
+
+def _run_dir_setting() -> str:
+    """The run (or sweep) folder as the command line set it, for naming it in an error before Hydra made it."""
+    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(sys.argv) else "hydra.run.dir="
+    given = [a for a in sys.argv if a.startswith(key)]
+    return given[-1] if given else f"{key[:-1]} (outputs/<date>/<time> by default)"
+
+
 def search_space_argv(argv: list[str]) -> list[str]:
     """Hydra refuses sweep syntax on hydra.* keys, so `hydra.sweeper.params.KEY=SPACE` becomes the
     equivalent sweep override `KEY=SPACE`, which replaces KEY's entry in the search space."""
@@ -303,8 +345,19 @@ def search_space_argv(argv: list[str]) -> list[str]:
 
 
 def cli() -> None:
+    """`python -m sweep.train` and `sweep-train`: Hydra's own errors (an unknown group option or key, a bad
+    override) come back here to be said in one line, with secrets masked."""
     sys.argv = search_space_argv(sys.argv)
-    main()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
+    try:
+        main()
+    except KeyboardInterrupt:  # before a run started (composing the config), or in a sweep's own handling
+        exit_with("interrupted", EXIT_INTERRUPTED)
+    except Exception as e:
+        line = hydra_error(e) or (resource_problem(e, _run_dir_setting()) if isinstance(e, OSError) else None)
+        if line is None:
+            raise
+        exit_with(line)
 
 
 if __name__ == "__main__":

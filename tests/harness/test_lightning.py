@@ -65,7 +65,7 @@ def test_outside_a_sweep_the_callback_changes_nothing():
 
 @pytest.mark.slow
 def test_the_lightning_example_sweeps_and_prunes(tmp_path):
-    examples = Path(__file__).resolve().parents[1] / "examples"
+    examples = Path(__file__).resolve().parents[2] / "examples"
     result = subprocess.run([sys.executable, str(examples / "lightning_loop.py"), "--multirun", "hydra.sweeper.n_trials=6",
                              "epochs=5", "hydra.sweeper.pruner.n_warmup_steps=1", "hydra.sweeper.report=false"],
                             cwd=tmp_path, capture_output=True, text=True, timeout=900, start_new_session=True)

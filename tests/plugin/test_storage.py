@@ -120,3 +120,15 @@ def test_the_saved_study_record_is_data_not_a_url_to_trust(tmp_path):
         (folder / "study.json").write_text(content)
         assert_one_line_error(run_cli("sweep.report", str(folder), cwd=tmp_path), fragment)
     assert Path(folder).is_dir()
+
+
+@pytest.mark.parametrize("url, fragment", [
+    ("sqlite://", "in-memory SQLite database"),
+    ("postgresql://u@h:notaport/db", "is not a storage URL"),
+    ("sqlite:///multirun/studies/a?b.db", "may not hold '?'"),
+    ("", "is invalid"),
+    ("journal:", "a journal needs a file"),
+])
+def test_bad_storage_urls_are_named(url, fragment):
+    with pytest.raises(UserError, match=re.escape(fragment)):
+        st.parse(url)
