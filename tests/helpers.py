@@ -129,3 +129,32 @@ def marked_processes() -> list[int]:
         if state != "Z" and mark in environ.split(b"\0"):
             found.append(int(entry))
     return found
+
+
+def install_wheel(tmp_path: Path) -> str:
+    """Build the project's wheel from a copy and install it, alone, into a new virtual environment that sees this
+    environment's packages (Hydra, Optuna, and torch where it is) through a .pth file: a plain install, as a user
+    gets, whether this interpreter is a venv's, a conda env's or the system's. Returns the new python."""
+    import shutil
+    import sysconfig
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+    source = tmp_path / "source"  # setuptools writes its build/ folder into the tree it builds
+    shutil.copytree(root, source, ignore=shutil.ignore_patterns(
+        ".git", "multirun", "outputs", "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "results"))
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(source)], capture_output=True, text=True, env=env)
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("sweep-*.whl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    (Path(purelib) / "outer-env.pth").write_text("\n".join(sorted(here)) + "\n")
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+                               capture_output=True, text=True, env=env)
+    assert installed.returncode == 0, installed.stderr
+    return python

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import optuna
+from optuna.trial import TrialState
 import pytest
 import torch
 
@@ -73,3 +74,18 @@ def test_the_lightning_example_sweeps_and_prunes(tmp_path):
     study = optuna.load_study(study_name="spirals-lightning",
                               storage=f"sqlite:///{tmp_path}/multirun/studies/spirals-lightning.db")
     assert len(study.trials) == 6 and any(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+
+
+def test_the_plain_pytorch_example_prunes_through_the_trial(tmp_path):
+    from helpers import EXAMPLES, run_app
+
+    result = run_app("--multirun", "hydra.sweeper.n_trials=8", "epochs=6", "hydra.sweeper.pruner.n_startup_trials=2",
+                     "hydra.sweeper.pruner.n_warmup_steps=1", "hydra.sweeper.report=false", cwd=tmp_path,
+                     script=EXAMPLES / "pytorch_loop.py")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="spirals", storage=f"sqlite:///{tmp_path}/multirun/studies/spirals.db")
+    pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
+    assert pruned and all(t.user_attrs["stop_reason"].endswith("by median") for t in pruned)
+    assert all(len(t.intermediate_values) == 6 for t in study.trials if t.state == TrialState.COMPLETE)
+    single = run_app("epochs=2", cwd=tmp_path, script=EXAMPLES / "pytorch_loop.py")  # outside a sweep: a stand-in
+    assert single.returncode == 0, single.stderr

@@ -1,5 +1,6 @@
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,16 @@ def test_help_lists_the_groups_and_the_commands(tmp_path):
                  "experiment: cifar10_mlp_best, tutorial", "hydra/sweeper/pruner=none|median|halving|hyperband"]:
         assert line in text, line
     assert "width: 128" in text  # Hydra's composed config follows
+
+
+def test_the_installed_wheel_trains_from_its_own_configs(tmp_path):
+    from helpers import install_wheel
+
+    python = install_wheel(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    result = subprocess.run([python, "-m", "sweep.train", "data=digits", "trainer.epochs=1",
+                             f"data.cache_dir={tmp_path / 'cache'}"], cwd=elsewhere, capture_output=True, text=True,
+                            timeout=600, start_new_session=True)
+    assert result.returncode == 0, result.stderr
+    assert "val_accuracy" in result.stdout + result.stderr
