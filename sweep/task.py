@@ -47,6 +47,38 @@ class LocalTrial:
         self.user_attrs[key] = value
 
 
+READ_ONLY_PRUNERS = ("MedianPruner", "PercentilePruner", "ThresholdPruner")  # read the trial and completed trials
+
+
+class CompletedTrials:
+    """What Optuna's median, percentile and threshold pruners read of a study: its direction and its completed
+    trials. Completed trials never change, so they are read again only every few seconds, and always before a
+    decision to prune: a report then costs one write, a decision to go on may lag a new result by those seconds,
+    and a decision to stop never rests on old data (tests/plugin/test_task.py pins the decisions)."""
+
+    REFRESH_SECONDS = 2.0
+
+    def __init__(self, study, storage, study_id: int):
+        self.direction, self.directions = study.direction, study.directions
+        self._storage, self._study_id = storage, study_id
+        self._trials, self.read_at = [], -float("inf")
+
+    def refresh(self) -> None:
+        from optuna.trial import TrialState
+
+        self._trials = self._storage.get_all_trials(self._study_id, deepcopy=False, states=(TrialState.COMPLETE,))
+        self.read_at = time.monotonic()
+
+    def get_trials(self, deepcopy: bool = True, states=None):
+        from optuna.trial import TrialState
+
+        if tuple(states or ()) != (TrialState.COMPLETE,):
+            raise NotImplementedError("only completed trials are kept here")
+        if time.monotonic() - self.read_at > self.REFRESH_SECONDS:
+            self.refresh()
+        return list(self._trials)
+
+
 class SweepTrial:
     """A running trial of the sweep's study, reached through its storage with Optuna's public storage and pruner
     calls. A resumed run may report its history again: the first report of a step stands."""
@@ -57,8 +89,12 @@ class SweepTrial:
         frozen = storage.get_trial(trial_id)
         self.params, self.distributions = dict(frozen.params), dict(frozen.distributions)
         self.deadline = frozen.system_attrs.get(DEADLINE)
+        self._values = dict(frozen.intermediate_values)
         self._reported = set(frozen.intermediate_values)
         self._prunes = type(study.pruner).__name__ != "NopPruner"
+        self._light = None
+        if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
+            self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
 
     @property
     def user_attrs(self) -> dict[str, Any]:
@@ -77,6 +113,7 @@ class SweepTrial:
             return
         self._storage.set_trial_intermediate_value(self._id, step, value)
         self._reported.add(step)
+        self._values[step] = value
 
     def should_prune(self) -> bool:
         if self.deadline is not None and time.time() >= self.deadline:
@@ -84,7 +121,20 @@ class SweepTrial:
             return True
         if not self._prunes or not self._reported:  # a pruner that never prunes costs no query
             return False
-        if self.study.pruner.prune(self.study, self._storage.get_trial(self._id)):
+        if self._light is not None:  # this trial as the pruner sees it, from what it reported
+            from optuna.trial import FrozenTrial, TrialState
+
+            me = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
+                             datetime_complete=None, params=self.params, distributions=self.distributions,
+                             user_attrs={}, system_attrs={}, intermediate_values=dict(self._values),
+                             trial_id=self._id)
+            prune = self.study.pruner.prune(self._light, me)
+            if prune and self._light.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
+                self._light.refresh()
+                prune = self.study.pruner.prune(self._light, me)
+        else:  # pruners that keep state in the trial (halving's rungs) read and write it in storage
+            prune = self.study.pruner.prune(self.study, self._storage.get_trial(self._id))
+        if prune:
             self.set_user_attr(STOP_REASON, f"pruned at step {max(self._reported)} by {_pruner_name(self.study.pruner)}")
             return True
         return False
