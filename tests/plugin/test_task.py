@@ -64,7 +64,7 @@ def test_a_decision_to_prune_rests_on_fresh_data(tmp_path):
     judge = study.ask({"x": FloatDistribution(0, 1)})
     judge.report(0.95, 1)
     judge.report(0.6, 2)
-    assert judge.should_prune() is False  # what Optuna's own Trial decides
+    assert not judge.should_prune()  # what Optuna's own Trial decides
 
 
 def test_reports_count_once_and_the_deadline_stops_the_trial(tmp_path):
