@@ -17,4 +17,4 @@ SWEEP_ATTRS = (FAIL_REASON, STOP_REASON, RUN_DIR, NODE, GPUS, STARTUP_SECONDS, R
 # Trial system attributes
 DEADLINE = "sweep:deadline"  # unix time at which hydra.sweeper.time_budget runs out
 HEARTBEAT = "sweep:heartbeat"  # unix time the sweep last vouched for the running trial
-SWEEP_DIR = "sweep:dir"  # the sweep folder the trial's run folder lives in
+FAILED_TRIAL, RETRY_HISTORY = "failed_trial", "retry_history"  # a retry's origin: Optuna's own keys for retries

@@ -200,7 +200,9 @@ class PoolLauncher(AsyncLauncher):
             return mp.get_context("spawn")
         ctx = mp.get_context("forkserver")
         module = getattr(self._task_module, "__name__", None)
-        ctx.set_forkserver_preload([m for m in (module, "sweep.launcher", "cloudpickle") if m])
+        # The task's module, and what every job needs: Optuna and the storage's database layer, imported once.
+        ctx.set_forkserver_preload([m for m in (module, "sweep.launcher", "sweep.task", "sweep.storage", "optuna",
+                                                "sqlalchemy", "cloudpickle", "tblib") if m])
         # A worker forked from the server re-runs a `python -m` main module that the server already imported,
         # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.
         if "ignore::RuntimeWarning:runpy" not in sys.warnoptions:

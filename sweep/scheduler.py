@@ -70,7 +70,7 @@ class Scheduler:
             if problem:
                 raise LostStorage(problem)
             if time.monotonic() > next_stale_check:  # another sweep on this study may have died
-                self._target += len(self.handle.fail_stale()) if limits.retries else 0
+                self._target += len(self.handle.fail_stale())  # retries of another sweep's lost trials
                 next_stale_check = time.monotonic() + self.handle.heartbeat_interval
             while (self._accepting(stop_asking_at) and len(self.asked) < self._target
                    and len(self.inflight) < limits.n_jobs):
@@ -131,11 +131,8 @@ class Scheduler:
             return
         self.failures.append(reason)
         self.progress.ended(trial.number, TrialState.FAIL, None, reason)
-        if isinstance(error, WorkerDied) and self.limits.retries:
-            before = len(self.handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
-            self.handle.retry(trial.number)
-            if len(self.handle.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) > before:
-                self._target += 1
+        if isinstance(error, WorkerDied) and self.handle.retry(trial.number):
+            self._target += 1  # a lost worker costs no trial
 
     def record_running(self) -> None:
         """Where the trials still running are (the sweep is stopping): their launcher may know already."""

@@ -73,9 +73,9 @@ class SearchSpace:
         return ([f"{k}={override_value(v)}" for k, v in params.items()]
                 + [f"{k}={v}" for k, v in self.fixed.items()] + list(self.deletions))
 
-    def edges(self) -> list[dict[str, Any]]:
-        """Configurations at the corners that matter: every parameter low, every one high, and each choice of each
-        categorical with the rest low. A setting that breaks the task tends to sit at an edge."""
+    def edges(self, every_choice=lambda key: True) -> list[dict[str, Any]]:
+        """Configurations at the corners that matter: every parameter low, every one high, and each choice of the
+        categoricals `every_choice` names, the rest low. A setting that breaks the task tends to sit at an edge."""
         def edge(d: BaseDistribution, high: bool):
             if isinstance(d, CategoricalDistribution):
                 return d.choices[-1 if high else 0]
@@ -84,7 +84,7 @@ class SearchSpace:
         low = {k: edge(d, False) for k, d in self.distributions.items()}
         probes = [low, {k: edge(d, True) for k, d in self.distributions.items()}]
         for name, d in self.distributions.items():
-            if isinstance(d, CategoricalDistribution):
+            if isinstance(d, CategoricalDistribution) and every_choice(name):
                 probes += [{**low, name: c} for c in d.choices]
         unique: dict[str, dict] = {}
         for probe in probes:

@@ -16,13 +16,12 @@ import warnings
 from typing import Any, Callable, Iterable
 
 import optuna
-from optuna.storages import RetryFailedTrialCallback
 from optuna.trial import TrialState
 
 from sweep import storage as st
 from sweep.errors import UserError, first_line
 from sweep.plugin import SAMPLER_TARGETS, build
-from sweep.attrs import DEADLINE, FAIL_REASON, HEARTBEAT
+from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class StudyHandle:
         with warnings.catch_warnings():  # samplers warn about what they cannot do jointly; the space is the user's
             warnings.simplefilter("ignore", UserWarning)
             trial = self.study.ask(fixed_distributions=distributions)
-        attrs = {HEARTBEAT: time.time(), DEADLINE: deadline}  # a retried trial carries its first run's deadline
+        attrs = {HEARTBEAT: time.time(), **({DEADLINE: deadline} if deadline is not None else {})}
         trial_id = self.trial_id(trial.number)
         for key, value in attrs.items():
             self.backend.set_trial_system_attr(trial_id, key, value)
@@ -109,21 +108,30 @@ class StudyHandle:
     def frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self.backend.get_trial(self.trial_id(number))
 
-    def retry(self, number: int) -> None:
-        """Queue the trial again with its parameters (a lost worker is not the configuration's fault)."""
-        if self.retries:
-            with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and what retries are built on
-                warnings.simplefilter("ignore")
-                RetryFailedTrialCallback(self.retries, inherit_intermediate_values=True)(
-                    self.study, self.frozen(number))
+    def retry(self, number: int) -> bool:
+        """Queue the trial again with its parameters and what it reported (a lost worker is not the configuration's
+        fault), at most `retries` times. The system attributes are Optuna's own for retries ("failed_trial",
+        "retry_history"), so its RetryFailedTrialCallback.retried_trial_number reads them too; the sweep's own
+        (heartbeat, deadline) stay behind with the failed trial."""
+        failed = self.frozen(number)
+        history = [*failed.system_attrs.get(RETRY_HISTORY, []), number]
+        if not self.retries or len(history) > self.retries:
+            return False
+        self.study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=failed.params, distributions=failed.distributions,
+            user_attrs={k: v for k, v in failed.user_attrs.items() if k not in SWEEP_ATTRS},
+            system_attrs={FAILED_TRIAL: history[0], RETRY_HISTORY: history},
+            intermediate_values=failed.intermediate_values))
+        return True
 
     # ------------------------------------------------------------ heartbeats
 
     def fail_stale(self) -> list[int]:
-        """FAIL the RUNNING trials whose sweep stopped vouching for them, with that reason, and queue retries."""
+        """FAIL the RUNNING trials whose sweep stopped vouching for them, with that reason, and queue retries;
+        returns the trials retried."""
         if self.spec.kind == "memory":
             return []
-        now, failed = time.time(), []
+        now, retried = time.time(), []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             beat = t.system_attrs.get(HEARTBEAT)
             if t.number in self._ids or not isinstance(beat, (int, float)) or now - beat <= self.grace_period:
@@ -131,9 +139,9 @@ class StudyHandle:
             if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
                 log.warning("Trial %d: its sweep stopped sending heartbeats %.0f s ago; marked FAIL",
                             t.number, now - beat)
-                failed.append(t.number)
-                self.retry(t.number)
-        return failed
+                if self.retry(t.number):
+                    retried.append(t.number)
+        return retried
 
     def start_heartbeats(self, running: Callable[[], Iterable[int]]) -> None:
         if self.spec.kind == "memory":

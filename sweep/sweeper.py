@@ -249,8 +249,17 @@ class SweepImpl:
 
     def _check_edges(self, space: SearchSpace) -> None:
         """Compose the configs at the edges of the space (and run the app's check, if it names one), so mistakes
-        surface before the first trial, not in it."""
-        for probe in space.edges():
+        surface before the first trial, not in it. Without a check, every choice of a config group is composed (one
+        may not exist), of a plain value only the ends."""
+        loader = self.hydra_context.config_loader
+
+        def is_group(key: str) -> bool:
+            try:
+                return bool(loader.get_group_options(key.lstrip("+~")))
+            except Exception:  # not a group
+                return False
+
+        for probe in space.edges(every_choice=(lambda key: True) if self.check else is_group):
             overrides = space.overrides(probe)
             try:
                 cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)

@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import os
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
-from sweep.attrs import DEADLINE, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import DEADLINE, FAILED_TRIAL, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import UserError
 
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
@@ -207,13 +206,8 @@ def previous_run_dir(trial) -> Path | None:
     """The run directory of the trial that `trial` retries (its worker died), where its checkpoints are; else None."""
     if not isinstance(trial, SweepTrial):  # a LocalTrial, or a stand-in of the app's own
         return None
-    from optuna.storages import RetryFailedTrialCallback
-
-    frozen = trial._storage.get_trial(trial._id)
-    with warnings.catch_warnings():  # "experimental" since Optuna 2.8, and what retries are built on
-        warnings.simplefilter("ignore")
-        original = RetryFailedTrialCallback.retried_trial_number(frozen)
-    if original is None:
+    original = trial._storage.get_trial_system_attrs(trial._id).get(FAILED_TRIAL)
+    if not isinstance(original, int):
         return None
     study_id = trial._storage.get_study_id_from_name(trial.study.study_name)
     before = trial._storage.get_trial(trial._storage.get_trial_id_from_study_id_trial_number(study_id, original))
