@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from optuna.distributions import CategoricalDistribution
 
 from sweep import atomic
 from sweep import storage as st
@@ -249,8 +250,8 @@ class SweepImpl:
 
     def _check_edges(self, space: SearchSpace) -> None:
         """Compose the configs at the edges of the space (and run the app's check, if it names one), so mistakes
-        surface before the first trial, not in it. Without a check, every choice of a config group is composed (one
-        may not exist), of a plain value only the ends."""
+        surface before the first trial, not in it. Every choice of a config group is composed (one may not exist);
+        each choice of a plain value is checked on the low config with that value set, which costs no composition."""
         loader = self.hydra_context.config_loader
 
         def is_group(key: str) -> bool:
@@ -259,22 +260,42 @@ class SweepImpl:
             except Exception:  # not a group
                 return False
 
-        for probe in space.edges(every_choice=(lambda key: True) if self.check else is_group):
-            overrides = space.overrides(probe)
-            try:
-                cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
-            except Exception as e:  # an unknown key, a value of the wrong type: Hydra names it
-                raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
-                                f"{first_line(e)}") from None
-            if self.check is None:
+        low = None
+        for probe in space.edges(every_choice=is_group):
+            cfg = self._compose_probe(space, probe)
+            low = low if low is not None else (probe, cfg)
+            self._run_check(cfg, probe)
+        if self.check is None or low is None:
+            return
+        for key, d in space.distributions.items():
+            if not isinstance(d, CategoricalDistribution) or is_group(key):
                 continue
-            try:
-                self.check(cfg)
-            except UserError as e:
-                raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} would fail: {e}") from None
-            except SystemExit as e:
-                raise UserError(f"hydra.sweeper.check called sys.exit({e.code!r}) on a trial with "
-                                f"{_short(probe)}") from None
+            for choice in d.choices:
+                probe = {**low[0], key: choice}
+                cfg = low[1].copy()
+                try:
+                    OmegaConf.update(cfg, key.lstrip("+"), choice, force_add=key.startswith("+"))
+                except Exception as e:  # a value the config's schema refuses
+                    raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
+                                    f"{first_line(e)}") from None
+                self._run_check(cfg, probe)
+
+    def _compose_probe(self, space: SearchSpace, probe: dict) -> DictConfig:
+        try:
+            return self.hydra_context.config_loader.load_sweep_config(self.config, space.overrides(probe))
+        except Exception as e:  # an unknown key, a value of the wrong type: Hydra names it
+            raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
+                            f"{first_line(e)}") from None
+
+    def _run_check(self, cfg: DictConfig, probe: dict) -> None:
+        if self.check is None:
+            return
+        try:
+            self.check(cfg)
+        except UserError as e:
+            raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} would fail: {e}") from None
+        except SystemExit as e:
+            raise UserError(f"hydra.sweeper.check called sys.exit({e.code!r}) on a trial with {_short(probe)}") from None
 
     def _claim(self, sweep_dir: Path, handle, earlier: int) -> None:
         """Make the sweep folder this study's: two studies in one folder would overwrite each other's runs."""
