@@ -7,10 +7,12 @@ submitit. Any other Hydra launcher (basic, joblib, ...) is driven in batches thr
 
 from __future__ import annotations
 
+import marshal
 import os
 import socket
 import sys
 import time
+import types
 from abc import abstractmethod
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -146,11 +148,24 @@ class Payload:
 
     @classmethod
     def of(cls, hydra_context, config, task_function) -> bytes:
+        import io
+
         import cloudpickle
         from hydra.core.singleton import Singleton
 
+        class KeepFilenames(cloudpickle.Pickler):
+            """cloudpickle 3.1 renames the code of functions it ships by value to <dynamic-code>: with marshal, a
+            worker's traceback still names the task's own file and lines (workers run this Python)."""
+
+            def reducer_override(self, obj):
+                if isinstance(obj, types.CodeType):
+                    return marshal.loads, (marshal.dumps(obj),)
+                return super().reducer_override(obj)
+
         str(config.hydra.sweep.dir)  # resolved once here, so ${now:...} names the same folder in every worker
-        return cloudpickle.dumps(cls(hydra_context, config, task_function, Singleton.get_state()))
+        buffer = io.BytesIO()
+        KeepFilenames(buffer).dump(cls(hydra_context, config, task_function, Singleton.get_state()))
+        return buffer.getvalue()
 
 
 def run_job(payload: Payload, idx: int, overrides: list[str], console: str, node: str = "") -> Outcome:
