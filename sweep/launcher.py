@@ -248,10 +248,13 @@ def job_error(ret: JobReturn) -> BaseException | None:
 
 
 def _picklable(ret: JobReturn) -> JobReturn:
-    """A JobReturn the sweep can unpickle, a failure with its traceback and causes (tblib); an exception that will
-    not pickle becomes its one-line description, and so does a return value (the sweeper only needs numbers)."""
+    """A JobReturn the sweep can unpickle, a failure with its traceback and causes (tblib). Configs whose structured
+    types will not pickle (Hydra 1.3 re-imports plugin modules, so a class may not be its module's any more) travel
+    as plain configs; an exception or return value that will not pickle becomes its one-line description (the
+    sweeper only needs numbers)."""
     import pickle
 
+    from omegaconf import OmegaConf
     from tblib import pickling_support
 
     from sweep.errors import first_line
@@ -260,13 +263,20 @@ def _picklable(ret: JobReturn) -> JobReturn:
     while error is not None:
         pickling_support.install(error)
         error = error.__cause__ or error.__context__
-    try:
-        pickle.loads(pickle.dumps(ret))
-        return ret
-    except Exception:
-        value = ret._return_value
-        ret._return_value = RuntimeError(first_line(value)) if isinstance(value, BaseException) else repr(value)
-        return ret
+    for attempt in ("as is", "plain configs", "described"):
+        try:
+            pickle.loads(pickle.dumps(ret))
+            return ret
+        except Exception:
+            if attempt == "as is":
+                for name in ("cfg", "hydra_cfg"):
+                    value = getattr(ret, name, None)
+                    if OmegaConf.is_config(value):
+                        setattr(ret, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
+            else:
+                value = ret._return_value
+                ret._return_value = RuntimeError(first_line(value)) if isinstance(value, BaseException) else repr(value)
+    return ret
 
 
 __all__ = ["AsyncLauncher", "BatchAdapter", "JobFuture", "Outcome", "Payload", "WorkerDied", "cpu_cores", "job_error", "run_job"]

@@ -22,7 +22,7 @@ from sweep import attrs
 from sweep import storage as st
 from sweep.errors import UserError, first_line
 from sweep.launcher import BatchAdapter, Outcome, WorkerDied, job_error
-from sweep.study import StudyHandle
+from sweep.study import FINISHED, StudyHandle
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the loop looks up from waiting: storage watch, time limits
@@ -141,7 +141,7 @@ class Scheduler:
             for key, value in (where or {}).items():
                 try:
                     self.handle.backend.set_trial_user_attr(self.handle.trial_id(trial.number), key, value)
-                except (optuna.exceptions.UpdateFinishedTrialError, *st.errors()):
+                except (FINISHED, *st.errors()):
                     break
 
     def _record_where(self, number: int, outcome: Outcome | None, error: BaseException | None) -> None:
@@ -159,7 +159,7 @@ class Scheduler:
         for key, value in values.items():
             try:
                 self.handle.backend.set_trial_user_attr(trial_id, key, value)
-            except optuna.exceptions.UpdateFinishedTrialError:
+            except FINISHED:
                 return
 
 

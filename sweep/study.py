@@ -24,6 +24,8 @@ from sweep.plugin import SAMPLER_TARGETS, build
 from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
 
 log = logging.getLogger(__name__)
+# What updating a finished trial raises: Optuna 4.4 named it; before, it was a RuntimeError.
+FINISHED = getattr(optuna.exceptions, "UpdateFinishedTrialError", RuntimeError)
 
 
 class StudyHandle:
@@ -89,21 +91,24 @@ class StudyHandle:
              state: TrialState = TrialState.COMPLETE, reason: str | None = None) -> bool:
         """Finish a trial; False when it was finished already (another sweep failed it as stale)."""
         number = trial if isinstance(trial, int) else trial.number
+        wanted = TrialState.COMPLETE if values is not None else state
         try:
             if reason is not None:
                 self.backend.set_trial_user_attr(self.trial_id(number), FAIL_REASON, reason)
-            self.study.tell(trial, values=values, state=None if values is not None else state,
-                            skip_if_finished=True)
-        except optuna.exceptions.UpdateFinishedTrialError:
+        except FINISHED:
             return False
+        try:
+            told = self.study.tell(trial, values=values, state=None if values is not None else state,
+                                   skip_if_finished=True)
         except RuntimeError as e:
             # A sampler's after_trial may raise after the tell went through: GridSampler calls study.stop() once
             # the grid is exhausted, which Optuna allows only inside optimize(). The state is what counts.
-            if not self.backend.get_trial(self.trial_id(number)).state.is_finished():
+            told = self.backend.get_trial(self.trial_id(number))
+            if not told.state.is_finished():
                 raise
             if not isinstance(self.sampler, functools.partial):
                 log.warning("the sampler complained after trial %d: %s", number, first_line(e))
-        return True
+        return told.state == wanted
 
     def frozen(self, number: int) -> optuna.trial.FrozenTrial:
         return self.backend.get_trial(self.trial_id(number))
@@ -153,7 +158,7 @@ class StudyHandle:
                     now = time.time()
                     for number in list(running()):
                         self.backend.set_trial_system_attr(self.trial_id(number), HEARTBEAT, now)
-                except optuna.exceptions.UpdateFinishedTrialError:
+                except FINISHED:
                     pass  # it finished between the listing and the write
                 except st.errors() as e:  # the main loop reports a lost database; keep trying meanwhile
                     log.warning("heartbeat not recorded: %s", first_line(e))

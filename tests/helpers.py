@@ -154,7 +154,7 @@ def install_wheel(tmp_path: Path) -> str:
                              capture_output=True, text=True, check=True).stdout.strip()
     here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
     (Path(purelib) / "outer-env.pth").write_text("\n".join(sorted(here)) + "\n")
-    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel)],
+    installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
                                capture_output=True, text=True, env=env)
     assert installed.returncode == 0, installed.stderr
     return python
