@@ -1,0 +1,256 @@
+"""Where a sweep's time goes, and the overhead targets, each measured here against the peer in the same run.
+
+    python bench/overhead.py [--trials 200] [--rounds 3]
+
+1. start-up: imports, the pool's start, the search-space check (composing the configs at its edges), the study, and
+   when the first trial starts, against hydra-optuna-sweeper's first trial (target: no more than 2 s later);
+2. per trial: instant tasks (examples/sphere.py): trials per second with the pool and the basic launcher, against
+   hydra-optuna-sweeper on the same SQLite storage (target: the pool at least upstream's); a job's own overhead in
+   its worker (Hydra's job set-up, the run folder) and its wait for a worker;
+3. per epoch: report() + should_prune() with 100 trials in an SQLite study, per pruner (target: <= 5 ms); the same
+   digits epoch in a pool worker and in a plain process at one thread (target: within 10%);
+4. the end: writing the report of a 100-trial study.
+
+The digits race against Ray Tune is bench/race.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from common import header
+
+ROOT = Path(__file__).resolve().parents[1]
+SPHERE = ROOT / "examples" / "sphere.py"
+
+
+def _timestamps(log: str) -> dict[str, float]:
+    """Unix times of the sweep's landmark log lines."""
+    marks = {"pool": r"Starting \d+ worker", "study": r"Study '", "first_job": r"\t#0 : "}
+    found = {}
+    for line in log.splitlines():
+        m = re.match(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]", line)
+        if not m:
+            continue
+        when = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        for name, pattern in marks.items():
+            if name not in found and re.search(pattern, line):
+                found[name] = when
+    return found
+
+
+def start_up(work: Path, rounds: int) -> list[str]:
+    import optuna
+
+    rows = []
+    ours, theirs = [], []
+    for r in range(rounds):
+        for who in ("ours", "upstream"):
+            folder = work / f"start-{who}-{r}"
+            folder.mkdir()
+            (folder / "multirun" / "studies").mkdir(parents=True)
+            args = ["--multirun", "data=digits", "search=digits", "trainer.epochs=1", "hydra.sweeper.n_trials=2",
+                    f"data.cache_dir={work / 'cache'}", "hydra.sweeper.study_name=s"]
+            if who == "upstream":
+                conf = folder / "conf"
+                subprocess.run(["cp", "-r", str(ROOT / "conf"), str(conf)], check=True)
+                text = (conf / "config.yaml").read_text().splitlines()
+                (conf / "config.yaml").write_text("\n".join(
+                    line for line in text if not any(k in line for k in (
+                        "metric_names", "check:", "override hydra/sweeper", "override hydra/launcher",
+                        "override hydra/help"))) + "\n")
+                args += [f"--config-path={conf}", "hydra/sweeper=optuna", "hydra/launcher=joblib"]
+            else:
+                args += ["hydra.sweeper.report=false"]
+            began = time.time()
+            result = subprocess.run([sys.executable, "-m", "sweep.train", *args], cwd=folder, capture_output=True,
+                                    text=True)
+            assert result.returncode == 0, result.stderr[-2000:]
+            study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder}/multirun/studies/s.db")
+            first = min(t.datetime_start.timestamp() for t in study.trials) - began
+            running = min(t.datetime_start.timestamp() + t.user_attrs.get("startup_seconds", 0) for t in study.trials)
+            marks = {k: v - began for k, v in _timestamps(result.stdout + result.stderr).items()}
+            (ours if who == "ours" else theirs).append({"first": first, "running": running - began, **marks})
+    med = lambda xs, k: statistics.median(x[k] for x in xs if k in x)  # noqa: E731
+    rows.append("| stage (ours: pool, median pruner; seconds since the command started) | median |")
+    rows.append("|---|---|")
+    rows.append(f"| imports done, pool starting its workers | {med(ours, 'pool'):.2f} |")
+    rows.append(f"| space checked (edge configs composed) and study opened | {med(ours, 'study'):.2f} |")
+    rows.append(f"| first trial asked and sent to a worker | {med(ours, 'first'):.2f} |")
+    rows.append(f"| first trial running in its worker | {med(ours, 'running'):.2f} |")
+    rows.append(f"| hydra-optuna-sweeper (joblib): first trial asked | {med(theirs, 'first'):.2f} |")
+    delta = med(ours, "first") - med(theirs, "first")
+    rows.append(f"\nfirst trial: ours {med(ours, 'first'):.2f} s, upstream {med(theirs, 'first'):.2f} s: "
+                f"{delta:+.2f} s (target: <= +2 s) -> {'PASS' if delta <= 2 else 'FAIL'}")
+    return rows
+
+
+def throughput(work: Path, trials: int, rounds: int) -> list[str]:
+    import optuna
+
+    contenders = {
+        "sweep, pool launcher": ["hydra/launcher=pool"],
+        "sweep, basic launcher": ["hydra/launcher=basic"],
+        "hydra-optuna-sweeper, basic launcher": ["hydra/sweeper=optuna"],
+    }
+    results: dict[str, list[dict]] = {k: [] for k in contenders}
+    for r in range(rounds):
+        for name, extra in contenders.items():
+            folder = work / f"tp-{r}-{len(results[name])}-{name.split(',')[0].replace(' ', '')}-{extra[0][-4:]}"
+            folder.mkdir()
+            storage = f"sqlite:///{folder / 's.db'}"
+            ours = "hydra/sweeper=optuna" not in extra
+            args = ["--multirun", f"hydra.sweeper.n_trials={trials}", "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={storage}",
+                    "hydra.sweeper.study_name=s", f"hydra.sweep.dir={folder / 'out'}", *extra]
+            if ours:
+                args += ["hydra.sweeper.report=false"]
+            began = time.time()
+            result = subprocess.run([sys.executable, str(SPHERE), *args], cwd=folder, capture_output=True, text=True)
+            wall = time.time() - began
+            assert result.returncode == 0, result.stderr[-2000:]
+            study = optuna.load_study(study_name="s", storage=storage)
+            ends = sorted(t.datetime_complete.timestamp() for t in study.trials)
+            steady = (len(ends) - 21) / (ends[-1] - ends[20]) if len(ends) > 30 else float("nan")
+            run = [t.user_attrs["run_seconds"] for t in study.trials if "run_seconds" in t.user_attrs]
+            wait = [t.user_attrs["startup_seconds"] for t in study.trials[20:] if "startup_seconds" in t.user_attrs]
+            results[name].append({"rate": trials / wall, "steady": steady, "run": statistics.median(run) if run else None,
+                                  "wait": statistics.median(wait) if wait else None})
+    rows = [f"| instant tasks: {trials} sphere trials, 2 at a time, SQLite | trials/s end to end | steady | "
+            "a job in its worker, ms | waiting for a worker, ms |", "|---|---|---|---|---|"]
+    for name, rs in results.items():
+        rate = statistics.median(x["rate"] for x in rs)
+        steady = statistics.median(x["steady"] for x in rs)
+        run = [x["run"] for x in rs if x["run"] is not None]
+        wait = [x["wait"] for x in rs if x["wait"] is not None]
+        rows.append(f"| {name} | {rate:.2f} | {steady:.2f} | {1000 * statistics.median(run):.0f} |"
+                    f" {1000 * statistics.median(wait):.0f} |" if run else f"| {name} | {rate:.2f} | {steady:.2f} | - | - |")
+    pool = statistics.median(x["rate"] for x in results["sweep, pool launcher"])
+    up = statistics.median(x["rate"] for x in results["hydra-optuna-sweeper, basic launcher"])
+    rows.append(f"\ninstant-task throughput, pool / upstream on the same storage: {pool / up:.2f}x (target: >= 1) -> "
+                f"{'PASS' if pool >= up else 'FAIL'}")
+    return rows
+
+
+def per_epoch() -> list[str]:
+    import warnings
+
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from sweep import storage as st
+    from sweep.task import SweepTrial
+
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = ["| pruner (100 finished trials of 20 steps, SQLite) | report + should_prune, median ms | 95th pct ms |",
+            "|---|---|---|"]
+    worst = 0.0
+    with tempfile.TemporaryDirectory() as tmp:
+        for pruner in [optuna.pruners.NopPruner(), optuna.pruners.MedianPruner(n_startup_trials=5),
+                       optuna.pruners.SuccessiveHalvingPruner(), optuna.pruners.HyperbandPruner(max_resource=40)]:
+            spec = st.parse(f"sqlite:///{tmp}/{type(pruner).__name__}.db")
+            study = optuna.create_study(storage=st.open_storage(spec), study_name="s", direction="maximize", pruner=pruner)
+            for i in range(100):
+                t = study.ask({"x": FloatDistribution(0, 1)})
+                for step in range(1, 21):
+                    t.report(i / 100 + step / 100, step)
+                study.tell(t, i / 100 + 0.2)
+            running = study.ask({"x": FloatDistribution(0, 1)})
+            backend = st.open_storage(spec, create=False)
+            wstudy = st.load_study_from(backend, spec, "s", "bench", pruner=pruner)
+            sid = backend.get_study_id_from_name("s")
+            trial = SweepTrial(wstudy, backend, backend.get_trial_id_from_study_id_trial_number(sid, running.number),
+                               running.number)
+            times = []
+            for step in range(1, 41):
+                start = time.perf_counter()
+                trial.report(0.9 + step / 1000, step)
+                trial.should_prune()
+                times.append(1000 * (time.perf_counter() - start))
+            times.sort()
+            median, p95 = statistics.median(times), times[int(0.95 * len(times))]
+            worst = max(worst, median)
+            rows.append(f"| {type(pruner).__name__} | {median:.2f} | {p95:.2f} |")
+    rows.append(f"\nreport + should_prune: at most {worst:.2f} ms median (target: <= 5 ms) -> "
+                f"{'PASS' if worst <= 5 else 'FAIL'}")
+    return rows
+
+
+def epoch_in_worker(work: Path, rounds: int) -> list[str]:
+    """The same digits trial (fixed config, one thread), run alone and as a pool worker's trial."""
+    fixed = ["data=digits", "trainer.epochs=60", "trainer.threads=1", "model.width=128", "model.depth=2",
+             f"data.cache_dir={work / 'cache'}"]
+    plain, pooled = [], []
+    for r in range(rounds):
+        folder = work / f"epoch-{r}"
+        subprocess.run([sys.executable, "-m", "sweep.train", *fixed, f"hydra.run.dir={folder / 'single'}"], cwd=work,
+                       check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "sweep.train", "--multirun", *fixed, "hydra.sweeper.params=null",
+                        "hydra.sweeper.n_trials=1", "hydra.sweeper.n_jobs=1", "hydra/sweeper/pruner=none",
+                        "hydra.launcher.threads_per_job=1", "hydra.sweeper.report=false",
+                        f"hydra.sweep.dir={folder / 'pool'}", f"hydra.sweeper.storage=sqlite:///{folder / 's.db'}"],
+                       cwd=work, check=True, capture_output=True)
+        for target, path in ((plain, folder / "single"), (pooled, folder / "pool" / "0")):
+            seconds = [float(line.split(",")[-1]) for line in (path / "history.csv").read_text().splitlines()[1:]]
+            target.append(statistics.median(seconds[5:]))  # past the first epochs' warm-up
+    a, b = statistics.median(plain), statistics.median(pooled)
+    return [f"| digits epoch, 1 thread, median of the epochs after the 5th | ms |", "|---|---|",
+            f"| plain process (python -m sweep.train) | {1000 * a:.1f} |", f"| pool worker | {1000 * b:.1f} |",
+            f"\nepoch in a pool worker / plain process: {b / a:.2f}x (target: <= 1.10) -> {'PASS' if b <= 1.1 * a else 'FAIL'}"]
+
+
+def the_end() -> list[str]:
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from sweep.report import write_report
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for i in range(100):
+        t = study.ask({"lr": FloatDistribution(1e-4, 1e-1, log=True), "w": CategoricalDistribution([32, 64, 128])})
+        for step in range(1, 21):
+            t.report((i % 17) / 17 + step / 100, step)
+        if i % 3:
+            study.tell(t, (i % 17) / 17 + 0.2)
+        else:
+            study.tell(t, state=optuna.trial.TrialState.PRUNED)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        write_report(study, Path(tmp))
+        seconds = time.perf_counter() - start
+    return [f"the end: the report of a 100-trial study (table, 6 plots, report.html): {seconds:.2f} s, written after "
+            "the sweep's summary line (hydra.sweeper.report=false skips it)"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=200, help="instant-task trials per contender")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    header("Where a sweep's time goes")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for title, part in [("1. Start-up", lambda: start_up(work, args.rounds)),
+                            ("2. Per trial", lambda: throughput(work, args.trials, args.rounds)),
+                            ("3a. Per epoch: the study", per_epoch),
+                            ("3b. Per epoch: the worker", lambda: epoch_in_worker(work, args.rounds)),
+                            ("4. The end", the_end)]:
+            print(f"## {title}\n")
+            print("\n".join(part()), flush=True)
+            print()
+
+
+if __name__ == "__main__":
+    main()
