@@ -3,7 +3,9 @@ calls) turn it into one `error: ...` line and exit code 2, the code argparse use
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Callable, NoReturn, TypeVar
 
 EXIT_USER_ERROR = 2
@@ -41,6 +43,8 @@ def one_line(call: Callable[[], T]) -> T:
     try:
         return call()
     except Interrupted as e:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's next Ctrl-C must not turn the exit into a traceback
         exit_with(str(e), EXIT_INTERRUPTED)
     except UserError as e:
         exit_with(str(e))

@@ -55,13 +55,21 @@ _pools_running = 0  # pools in this process that may be using multiprocessing's 
 _pools_lock = threading.Lock()
 
 
-def _stop_fork_server() -> None:
+def _stop_fork_server(now: bool = False) -> None:
     """End multiprocessing's fork server and resource tracker once no pool needs them, so nothing of a sweep outlives
     it (in a notebook or a test process the server would keep the task's imports in memory; either restarts on
-    demand). multiprocessing has no public call for this; tests/plugin/test_private_api.py fails if it changes."""
+    demand). `now` kills the server even mid-import, so a sweep that stops while its workers warm up ends at once.
+    multiprocessing has no public call for this; tests/plugin/test_private_api.py fails if it changes."""
     from multiprocessing import forkserver, resource_tracker
 
-    for helper in (getattr(forkserver, "_forkserver", None), getattr(resource_tracker, "_resource_tracker", None)):
+    server = getattr(forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if now and pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    for helper in (server, getattr(resource_tracker, "_resource_tracker", None)):
         stop = getattr(helper, "_stop", None)
         if stop is not None:
             stop()
@@ -145,6 +153,7 @@ class PoolLauncher(AsyncLauncher):
         return future
 
     def shutdown(self, kill: bool = False) -> None:
+        global _pools_running
         if not self._threads:
             return
         self._closing = True
@@ -165,6 +174,11 @@ class PoolLauncher(AsyncLauncher):
         for proc, _ in workers:
             if kill and proc.is_alive():
                 proc.kill()
+        if kill and self._ctx is not None and self._ctx.get_start_method() == "forkserver":
+            with _pools_lock:
+                alone = _pools_running == 1
+            if alone:  # a worker still starting would hold its thread until the server's imports end
+                _stop_fork_server(now=True)
         for thread in self._threads:
             thread.join(timeout=None if not kill else 10)
         for proc, _ in workers:
@@ -178,7 +192,6 @@ class PoolLauncher(AsyncLauncher):
                 self._lifeline = None
         self._threads = []
         self._closing = False
-        global _pools_running
         with _pools_lock:
             _pools_running -= 1
             if _pools_running == 0 and self._ctx is not None and self._ctx.get_start_method() == "forkserver":

@@ -184,7 +184,7 @@ def test_a_second_ctrl_c_does_not_cut_the_clean_up_short(tmp_path):
     for reader in readers:
         reader.join(timeout=10)
     assert not any("Traceback" in line for line in lines), lines
-    assert proc.returncode == 130 and all(t.state == TrialState.FAIL for t in _trials(tmp_path).values())
+    assert proc.returncode == 130 and all(t.state == TrialState.FAIL for t in _trials(tmp_path).values()), "".join(lines)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL])

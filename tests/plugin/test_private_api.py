@@ -28,6 +28,7 @@ def test_multiprocessing_can_still_stop_its_fork_server_and_resource_tracker():
     helpers = [int(p) for p in subprocess.run(["pgrep", "-P", str(os.getpid())], capture_output=True,
                                               text=True).stdout.split()]
     assert helpers  # the fork server and the resource tracker, children of this process
+    assert isinstance(forkserver._forkserver._forkserver_pid, int)  # what a stop mid-start-up kills
     assert callable(forkserver._forkserver._stop) and callable(resource_tracker._resource_tracker._stop)
     _stop_fork_server()
     assert not [p for p in helpers if _state(p) not in ("gone", "Z")]
