@@ -1,7 +1,8 @@
-"""The Ray Tune contender of bench/race.py: the same digits MLP, data, search space and epochs, searched by Ray
-Tune's OptunaSearch with ASHA, reused actors, two trials at a time. Run by bench/race.py, one process per round.
+"""The Ray Tune contender of bench/race.py: the same MLP, data, search space and epochs, searched by Ray Tune's
+OptunaSearch with ASHA, reused actors, two trials at a time. Run by bench/race.py, one process per round.
 
-    python bench/race_tune.py OUT_DIR --trials 40 --epochs 40 --seed 0 [--default-actors]
+    python bench/race_tune.py OUT_DIR --space digits --trials 40 --epochs 40 --seed 0 [--budget S] \
+        [--default-actors] --fixed data=digits trainer.epochs=40 ...
 
 Writes OUT_DIR/tune.json: each trial's start, end (seconds since this process started), epochs and result.
 """
@@ -55,6 +56,9 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--space", choices=["digits", "cifar10"], default="digits")
+    parser.add_argument("--budget", type=float, help="seconds: Tune's time_budget_s")
+    parser.add_argument("--fixed", nargs="*", default=None, help="sweep.train overrides every trial gets")
     parser.add_argument("--default-actors", action="store_true", help="Ray's default reuse_actors=False")
     args = parser.parse_args()
 
@@ -66,23 +70,34 @@ def main() -> None:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     d = optuna.distributions
-    space = {  # conf/search/digits.yaml, as the sweeper reads it
-        "params/model.depth": d.IntDistribution(1, 2),
-        "params/model.width": d.CategoricalDistribution([32, 64, 128]),
-        "params/optimizer": d.CategoricalDistribution(["sgd", "adamw"]),
-        "params/optimizer.lr": d.FloatDistribution(1e-3, 3e-1, log=True),
-        "params/optimizer.weight_decay": d.FloatDistribution(1e-6, 1e-2, log=True),
-        "params/model.dropout": d.FloatDistribution(0.0, 0.3),
+    spaces = {
+        "digits": {  # conf/search/digits.yaml, as the sweeper reads it
+            "params/model.depth": d.IntDistribution(1, 2),
+            "params/model.width": d.CategoricalDistribution([32, 64, 128]),
+            "params/optimizer": d.CategoricalDistribution(["sgd", "adamw"]),
+            "params/optimizer.lr": d.FloatDistribution(1e-3, 3e-1, log=True),
+            "params/optimizer.weight_decay": d.FloatDistribution(1e-6, 1e-2, log=True),
+            "params/model.dropout": d.FloatDistribution(0.0, 0.3),
+        },
+        "cifar10": {  # conf/search/tutorial.yaml
+            "params/optimizer.lr": d.FloatDistribution(1e-3, 3e-1, log=True),
+            "params/optimizer.momentum": d.FloatDistribution(0.8, 0.99),
+            "params/optimizer.weight_decay": d.FloatDistribution(1e-6, 1e-2, log=True),
+            "params/data.batch_size": d.CategoricalDistribution([128, 256, 512]),
+        },
     }
+    space = spaces[args.space]
     search = OptunaSearch(space, metric="val_accuracy", mode="max", seed=args.seed)
     asha = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=1, reduction_factor=4)
     args.out.mkdir(parents=True, exist_ok=True)
-    fixed = ["data=digits", f"trainer.epochs={args.epochs}", f"data.cache_dir={args.out / 'cache'}"]
+    fixed = args.fixed if args.fixed is not None else [
+        "data=digits", f"trainer.epochs={args.epochs}", f"data.cache_dir={args.out / 'cache'}"]
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": 1}),
         param_space={"fixed": fixed, "out": str(args.out)},
         tune_config=tune.TuneConfig(search_alg=search, scheduler=asha, num_samples=args.trials, max_concurrent_trials=2,
-                                    reuse_actors=not args.default_actors, metric="val_accuracy", mode="max"),
+                                    reuse_actors=not args.default_actors, metric="val_accuracy", mode="max",
+                                    time_budget_s=args.budget),
         run_config=tune.RunConfig(storage_path=str(args.out / "ray"), verbose=0),
     )
     results = tuner.fit()

@@ -132,3 +132,34 @@ def test_the_saved_study_record_is_data_not_a_url_to_trust(tmp_path):
 def test_bad_storage_urls_are_named(url, fragment):
     with pytest.raises(UserError, match=re.escape(fragment)):
         st.parse(url)
+
+
+def test_a_new_sqlite_study_gets_its_schema_once_from_the_sweep_never_from_its_workers(tmp_path):
+    # Workers starting together on a new file raced to create Optuna's tables (a UNIQUE constraint on
+    # alembic_version): the sweep creates them before any job, and a worker never creates one.
+    import sqlite3
+
+    import optuna
+
+    path = tmp_path / "new.db"
+    path.touch()  # as the sweep's lock leaves it before the study exists
+    spec = st.parse(f"sqlite:///{path}")
+    with pytest.raises(UserError, match="no Optuna tables"):
+        st.open_storage(spec, create=False)
+    assert not sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()
+    optuna.create_study(study_name="s", storage=st.open_storage(spec))
+    opened, failed = [], []
+
+    def worker():
+        try:
+            opened.append(st.load_study(spec, "s", "hydra.sweeper.storage"))
+        except Exception as e:  # noqa: BLE001 - the assertion below names it
+            failed.append(e)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failed and len(opened) == 4
+    assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM alembic_version").fetchone() == (1,)
