@@ -134,6 +134,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, help="per trial (digits: 40, cifar10: 20)")
+    parser.add_argument("--cache", type=Path, default=Path("~/.cache/sweep"), help="cifar10: the decoded data's cache")
     parser.add_argument("--budget", type=float, help="seconds per contender (cifar10: 1800); trials as many as fit")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: all)")
     parser.add_argument("--plot", type=Path, help="write the best-so-far curves of the last round here")
@@ -144,11 +145,11 @@ def main() -> None:
     work = f"{args.budget:.0f} s each" if args.budget else f"{args.trials} trials"
     header(f"The race: {args.data}, {work}, up to {args.epochs} epochs a trial, 2 at a time, {args.rounds} round(s)")
     cache = None
-    if cifar:  # decoded once, before the race: no contender pays for it
-        cache = Path(tempfile.mkdtemp(prefix="race-cache-"))
+    if cifar:  # decoded once, before the race (or found in the cache): no contender pays for it
+        cache = args.cache.expanduser()
         subprocess.run([sys.executable, "-m", "sweep.train", *DATA["cifar10"]["overrides"], "trainer.epochs=1",
-                        f"data.cache_dir={cache}", f"hydra.run.dir={cache / 'warm-up'}"], check=True,
-                       capture_output=True)
+                        f"data.cache_dir={cache}", f"hydra.run.dir={tempfile.mkdtemp(prefix='race-warm-up-')}"],
+                       check=True, capture_output=True)
     race = Race(args.data, args.trials, args.epochs, args.budget, cache)
     contenders = {
         "sweep, halving (pool)": lambda w, s: ours(race, w, s, [
@@ -200,6 +201,8 @@ def main() -> None:
                 best = max(best, v)
                 xs.append(t)
                 ys.append(best)
+            xs.append(results[-1]["wall"])  # the line runs on to the contender's end
+            ys.append(best)
             ax.step(xs[1:], ys[1:], where="post", label=name)
         ax.set(title=f"Best val accuracy so far: {args.data}, {work}, up to {args.epochs} epochs a trial, 2 at a time",
                xlabel="seconds since the command started", ylabel="best val accuracy")
