@@ -229,6 +229,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
                 storage.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as e:
                 raise UserError(f"{setting}={storage}: cannot create its folder ({first_line(e)})") from None
+            _write_ahead_log(storage, setting)
         else:  # mode=rw: SQLite must not quietly create an empty database where the study's file was
             _check_sqlite_study(storage.path, setting, storage)
             url = f"sqlite:///file:{storage.path}?mode=rw&uri=true"
@@ -237,7 +238,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
             try:
                 rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create)
                 if storage.kind == "sqlite":
-                    _write_ahead_log(rdb.engine)
+                    _sync_normal(rdb.engine)
                 return rdb
             except errors() as e:
                 # Workers starting together on an empty database race to create Optuna's tables;
@@ -273,18 +274,35 @@ def _check_sqlite_study(path: Path, setting: str, storage: Storage) -> None:
         raise UserError(f"{setting}={storage} is not an Optuna study storage (it has no Optuna tables)")
 
 
-def _write_ahead_log(engine) -> None:
-    """SQLite in WAL mode: a report read while the sweep runs never blocks its writes, and commits are cheaper."""
+def _write_ahead_log(storage: Storage, setting: str) -> None:
+    """SQLite in WAL mode: a report read while the sweep runs never blocks its writes, and commits are cheaper. The
+    mode is kept in the file, so it is set once, by the sweep, before its workers or Optuna's engine connect."""
+    import contextlib
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(storage.path, timeout=60)) as db:
+            db.execute("PRAGMA journal_mode=WAL").fetchall()
+    except sqlite3.Error as e:
+        raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
+
+
+def _sync_normal(engine) -> None:
+    """Per connection: with WAL, commits need not wait for the disk (a crash loses no committed trial)."""
     from sqlalchemy import event
 
     def pragmas(connection, _record):
         cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     event.listen(engine, "connect", pragmas)
     engine.dispose()  # connections opened before the listener reconnect with it
+
+
+def cause(e: BaseException, storage: Storage) -> str:
+    """The database driver's own reason for a storage error, in one line, any password masked."""
+    return storage.redact(first_line(_cause(e)))
 
 
 def load_study(storage: Storage, name: str, setting: str, **kw):

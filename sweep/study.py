@@ -45,6 +45,9 @@ class StudyHandle:
                                              pruner=self.pruner, directions=self.directions, load_if_exists=True)
         except ValueError as e:  # an existing study with other directions
             raise UserError(f"hydra.sweeper.direction: {e}") from None
+        except st.errors() as e:
+            raise UserError(f"hydra.sweeper.storage={self.spec}: cannot open study {self.name!r} there "
+                            f"({st.cause(e, self.spec)})") from None
         found = [d.name.lower() for d in self.study.directions]
         if found != self.directions:
             raise UserError(f"hydra.sweeper.direction={self.directions} does not match study "

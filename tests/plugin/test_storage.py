@@ -148,6 +148,8 @@ def test_a_new_sqlite_study_gets_its_schema_once_from_the_sweep_never_from_its_w
         st.open_storage(spec, create=False)
     assert not sqlite3.connect(path).execute("SELECT name FROM sqlite_master").fetchall()
     optuna.create_study(study_name="s", storage=st.open_storage(spec))
+    # WAL, set once by the sweep (it stays in the file): reading the study never blocks the workers' writes.
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone() == ("wal",)
     opened, failed = [], []
 
     def worker():
