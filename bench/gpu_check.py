@@ -66,13 +66,22 @@ def main() -> None:
     for label, sec, _, dev in rows:
         print(f"| {label} | {sec:.3f} | {dev} |")
 
+    # The pool on every visible GPU, two trials per GPU: each trial records the CUDA_VISIBLE_DEVICES it was given.
     sweep = subprocess.run([sys.executable, "-m", "sweep.train", "--multirun", "data=digits", "search=digits",
-                            "trainer.device=cuda", "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2",
+                            "trainer.device=cuda", "hydra.sweeper.n_trials=8", "hydra.launcher.trials_per_gpu=2",
                             f"hydra.sweeper.storage=sqlite:///{out}/gpu.db", f"hydra.sweep.dir={out}/sweep",
                             f"data.cache_dir={out}/cache"], capture_output=True, text=True)
-    summary = [line for line in (sweep.stdout + sweep.stderr).splitlines() if "Sweep done" in line or "error" in line]
-    print("digits sweep on cuda, 2 workers:", sweep.returncode, summary)
+    log = (sweep.stdout + sweep.stderr).splitlines()
+    summary = [line for line in log if "worker process" in line or "Sweep done" in line or "error" in line]
+    print("digits sweep on cuda, 2 trials per GPU:", sweep.returncode, summary)
+    import optuna
 
+    study = optuna.load_study(study_name="digits", storage=f"sqlite:///{out}/gpu.db")
+    for t in study.trials:
+        run = Path(str(t.user_attrs.get("run_dir", "")))
+        device = json.loads((run / "metrics.json").read_text()).get("device") if (run / "metrics.json").is_file() else None
+        print(f"trial {t.number}: {t.state.name}, gpus={t.user_attrs.get('gpus')!r}, node={t.user_attrs.get('node')}, "
+              f"device={device}, seconds={t.user_attrs.get('run_seconds')}")
 
 if __name__ == "__main__":
     main()
