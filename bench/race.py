@@ -50,7 +50,8 @@ class Race:
         self.cache = cache
 
     def common(self, work: Path) -> list[str]:
-        return [*DATA[self.data]["overrides"], f"trainer.epochs={self.epochs}", f"hydra.sweeper.n_trials={self.trials}",
+        trials = 10000 if self.budget else self.trials  # with a budget, trials as many as fit
+        return [*DATA[self.data]["overrides"], f"trainer.epochs={self.epochs}", f"hydra.sweeper.n_trials={trials}",
                 "hydra.sweeper.n_jobs=2", f"data.cache_dir={self.cache or work / 'cache'}",
                 "hydra.sweeper.study_name=race"]
 
@@ -70,12 +71,10 @@ def upstream(race: Race, work: Path, seed: int) -> dict:
                                                                   "override hydra/launcher", "override hydra/help"))]
     (conf / "config.yaml").write_text("\n".join(keep) + "\n")
     (work / "multirun" / "studies").mkdir(parents=True)  # upstream does not make the SQLite file's folder
-    # Upstream has no time budget: with one, it gets many trials and is stopped when the budget ends.
+    # Upstream has no time budget: it is stopped when the budget ends.
     args = ["--multirun", f"--config-path={conf}", "hydra/sweeper=optuna", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2", *race.common(work), "hydra/sweeper/sampler=tpe",
             f"hydra.sweeper.sampler.seed={seed}", "trainer.threads=1"]
-    if race.budget:
-        args.append("hydra.sweeper.n_trials=10000")
     return _run_sweep([sys.executable, "-m", "sweep.train", *args], work, "race", stop_after=race.budget)
 
 
@@ -109,8 +108,11 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
             proc.wait()
         wall = time.time() - start
         err.seek(0)
-        if proc.returncode != 0 and stop_after is None:
-            raise SystemExit(f"{argv[3:6]} failed:\n{err.read()[-3000:]}")
+        if proc.returncode != 0 and (stop_after is None or wall < stop_after):
+            print(f"{argv[3:6]} ended with code {proc.returncode} after {wall:.0f} s:\n{err.read()[-3000:]}",
+                  file=sys.stderr, flush=True)
+            if stop_after is None:
+                raise SystemExit(1)
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{work}/multirun/studies/{study_name}.db")
     trials = [t for t in study.trials if t.datetime_complete]
     points = []
