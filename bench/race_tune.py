@@ -26,7 +26,7 @@ def trainable(config: dict) -> None:
     from hydra import compose, initialize_config_dir
     from ray import tune
 
-    from sweep.train import CONF_DIR, HYDRA_DEFAULTS, train
+    from sweep.train import CONF_DIR, HYDRA_DEFAULTS, Diverged, train
 
     torch.set_num_threads(1)  # one CPU per trial, as the pool gives each of two workers on two cores
     overrides = [f"{k}={v}" for k, v in config["params"].items()] + list(config["fixed"])
@@ -47,7 +47,11 @@ def trainable(config: dict) -> None:
             pass
 
     out = Path(config["out"]) / f"trial-{time.time_ns()}"
-    train(cfg, out, Reporter())
+    reporter = Reporter()
+    try:
+        train(cfg, out, reporter)
+    except Diverged:  # as a user would: the trial scores nothing (Tune stops a run that never reported its metric)
+        tune.report({"val_accuracy": 0.0, "epoch": 1, "started": started})
 
 
 def main() -> None:
