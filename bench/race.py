@@ -49,9 +49,12 @@ class Race:
         self.data, self.trials, self.epochs, self.budget = data, trials, epochs, budget
         self.cache = cache
 
+    @property
+    def n_trials(self) -> int:
+        return 10000 if self.budget else self.trials  # with a budget, trials as many as fit
+
     def common(self, work: Path) -> list[str]:
-        trials = 10000 if self.budget else self.trials  # with a budget, trials as many as fit
-        return [*DATA[self.data]["overrides"], f"trainer.epochs={self.epochs}", f"hydra.sweeper.n_trials={trials}",
+        return [*DATA[self.data]["overrides"], f"trainer.epochs={self.epochs}", f"hydra.sweeper.n_trials={self.n_trials}",
                 "hydra.sweeper.n_jobs=2", f"data.cache_dir={self.cache or work / 'cache'}",
                 "hydra.sweeper.study_name=race"]
 
@@ -81,7 +84,7 @@ def upstream(race: Race, work: Path, seed: int) -> dict:
 def tune(race: Race, work: Path, seed: int) -> dict:
     start = time.time()
     argv = [sys.executable, str(ROOT / "bench" / "race_tune.py"), str(work), f"--space={race.data}",
-            f"--trials={10000 if race.budget else race.trials}", f"--epochs={race.epochs}", f"--seed={seed}",
+            f"--trials={race.n_trials}", f"--epochs={race.epochs}", f"--seed={seed}",
             *(["--budget", str(race.budget)] if race.budget else []),
             "--fixed", *[o for o in race.common(work) if not o.startswith(("hydra.", "search="))]]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=work)

@@ -250,7 +250,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
     except UserError:
         raise
     except Exception as e:
-        raise UserError(f"{setting}={storage} cannot be opened: {storage.redact(first_line(_cause(e)))}") from None
+        raise UserError(f"{setting}={storage} cannot be opened: {cause(e, storage)}") from None
 
 
 def _cause(e: BaseException) -> BaseException:
