@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import statistics
@@ -74,10 +75,11 @@ def upstream(race: Race, work: Path, seed: int) -> dict:
                                                                   "override hydra/launcher", "override hydra/help"))]
     (conf / "config.yaml").write_text("\n".join(keep) + "\n")
     (work / "multirun" / "studies").mkdir(parents=True)  # upstream does not make the SQLite file's folder
-    # Upstream has no time budget: it is stopped when the budget ends.
+    # Upstream has no time budget: it is stopped when the budget ends. Set as a user would who expects some
+    # trials to diverge: by default upstream ends the sweep at the first failed trial.
     args = ["--multirun", f"--config-path={conf}", "hydra/sweeper=optuna", "hydra/launcher=joblib",
             "hydra.launcher.n_jobs=2", *race.common(work), "hydra/sweeper/sampler=tpe",
-            f"hydra.sweeper.sampler.seed={seed}", "trainer.threads=1"]
+            f"hydra.sweeper.sampler.seed={seed}", "hydra.sweeper.max_failure_rate=1.0", "trainer.threads=1"]
     return _run_sweep([sys.executable, "-m", "sweep.train", *args], work, "race", stop_after=race.budget)
 
 
@@ -89,13 +91,15 @@ def tune(race: Race, work: Path, seed: int) -> dict:
             "--fixed", *[o for o in race.common(work) if not o.startswith(("hydra.", "search="))]]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=work)
     wall = time.time() - start
-    if result.returncode != 0:
-        raise SystemExit(f"Ray Tune failed:\n{result.stderr[-3000:]}")
+    if result.returncode != 0:  # a row that says so, not the end of the race
+        print(f"Ray Tune ended with code {result.returncode} after {wall:.0f} s:\n{result.stderr[-3000:]}",
+              file=sys.stderr, flush=True)
+        return {"wall": wall, "first": float("nan"), "epochs": 0, "points": [], "failed": True}
     data = json.loads((work / "tune.json").read_text())
     offset = wall - data["wall"]  # the interpreter's start, before race_tune.py took its clock
     points = [(t["ended"] + offset, t["best"]) for t in data["trials"]]
     return {"wall": wall, "first": min(t["started"] for t in data["trials"]) + offset,
-            "epochs": sum(t["epochs"] for t in data["trials"]), "points": points}
+            "epochs": sum(t["epochs"] for t in data["trials"]), "points": points, "failed": False}
 
 
 def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float | None = None) -> dict:
@@ -111,12 +115,14 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
             proc.wait()
         wall = time.time() - start
         err.seek(0)
-        if proc.returncode != 0 and (stop_after is None or wall < stop_after):
+        failed = proc.returncode != 0 and (stop_after is None or wall < stop_after)
+        if failed:  # kept as a row: what it found until then still counts
             print(f"{argv[3:6]} ended with code {proc.returncode} after {wall:.0f} s:\n{err.read()[-3000:]}",
                   file=sys.stderr, flush=True)
-            if stop_after is None:
-                raise SystemExit(1)
-    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{work}/multirun/studies/{study_name}.db")
+    db = work / "multirun" / "studies" / f"{study_name}.db"
+    if not db.exists():
+        return {"wall": wall, "first": float("nan"), "epochs": 0, "points": [], "failed": True}
+    study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
     trials = [t for t in study.trials if t.datetime_complete]
     points = []
     for t in trials:
@@ -124,8 +130,12 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
         if best is not None:
             points.append((t.datetime_complete.timestamp() - start, best))
     epochs = sum(json.loads(p.read_text())["epochs_run"] for p in work.glob("multirun/*/*/*/metrics.json"))
-    return {"wall": wall, "first": min(t.datetime_start.timestamp() for t in study.trials) - start, "epochs": epochs,
-            "points": points}
+    first = min((t.datetime_start.timestamp() for t in study.trials if t.datetime_start), default=start + math.nan)
+    return {"wall": wall, "first": first - start, "epochs": epochs, "points": points, "failed": failed}
+
+
+def best_of(result: dict) -> float:
+    return max((v for _, v in result["points"]), default=math.nan)
 
 
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
@@ -175,7 +185,10 @@ def main() -> None:
                 result = run(Path(tmp), r)
             runs[name].append(result)
             print(f"round {r + 1}: {name}: {result['wall']:.1f} s, first trial at {result['first']:.1f} s, "
-                  f"{result['epochs']} epochs, best {max(v for _, v in result['points']):.4f}", flush=True)
+                  f"{result['epochs']} epochs, best {best_of(result):.4f}{' (ended early: failed)' * result['failed']}",
+                  flush=True)
+            if args.plot:  # every result so far, so a race cut short keeps what it measured
+                args.plot.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     print()
     tune_wall = statistics.median(x["wall"] for x in runs.get("Ray Tune, ASHA, reuse_actors", [{"wall": float("nan")}]))
     up_first = statistics.median(x["first"] for x in runs.get("hydra-optuna-sweeper (joblib)", [{"first": float("nan")}]))
@@ -186,10 +199,12 @@ def main() -> None:
         wall = statistics.median(x["wall"] for x in results)
         first = statistics.median(x["first"] for x in results)
         epochs = statistics.median(x["epochs"] for x in results)
-        best = statistics.median(max(v for _, v in x["points"]) for x in results)
+        best = statistics.median(best_of(x) for x in results)
         reach = [time_to(x["points"], TARGET) for x in results]
         reach_s = f"{statistics.median([t for t in reach if t is not None]):.1f}" if any(t is not None for t in reach) else "-"
-        print(f"| {name} | {wall:.1f} | {wall / tune_wall:.2f}x | {first:.1f} | {epochs:.0f} | {best:.4f} | {reach_s} |")
+        failed = sum(x["failed"] for x in results)
+        note = f" (failed in {failed} of {len(results)} rounds)" if failed else ""
+        print(f"| {name}{note} | {wall:.1f} | {wall / tune_wall:.2f}x | {first:.1f} | {epochs:.0f} | {best:.4f} | {reach_s} |")
     print(f"\nfirst trial vs upstream: ours starts {statistics.median(x['first'] for x in runs[next(iter(runs))]) - up_first:+.1f} s"
           " later (target: no more than +2 s)" if "hydra-optuna-sweeper (joblib)" in runs else "")
     if args.plot:
@@ -201,6 +216,8 @@ def main() -> None:
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for name, results in runs.items():
             pts = sorted(results[-1]["points"])
+            if not pts:
+                continue
             best, xs, ys = 0.0, [0.0], [None]
             for t, v in pts:
                 best = max(best, v)

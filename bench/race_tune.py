@@ -26,7 +26,7 @@ def trainable(config: dict) -> None:
     from hydra import compose, initialize_config_dir
     from ray import tune
 
-    from sweep.train import CONF_DIR, HYDRA_DEFAULTS, Diverged, train
+    from sweep.train import CONF_DIR, HYDRA_DEFAULTS, train
 
     torch.set_num_threads(1)  # one CPU per trial, as the pool gives each of two workers on two cores
     overrides = [f"{k}={v}" for k, v in config["params"].items()] + list(config["fixed"])
@@ -36,8 +36,10 @@ def trainable(config: dict) -> None:
 
     class Reporter:
         number = None
+        reported = False
 
         def report(self, value: float, step: int) -> None:
+            self.reported = True
             tune.report({"val_accuracy": value, "epoch": step, "started": started})
 
         def should_prune(self) -> bool:
@@ -48,9 +50,10 @@ def trainable(config: dict) -> None:
 
     out = Path(config["out"]) / f"trial-{time.time_ns()}"
     reporter = Reporter()
-    try:
-        train(cfg, out, reporter)
-    except Diverged:  # as a user would: the trial scores nothing (Tune stops a run that never reported its metric)
+    train(cfg, out, reporter)
+    # A run that diverged in its first epoch reported nothing, and Tune stops the whole run at a trial without its
+    # metric: as a user would, such a trial scores 0.
+    if not reporter.reported:
         tune.report({"val_accuracy": 0.0, "epoch": 1, "started": started})
 
 

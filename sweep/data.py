@@ -54,9 +54,12 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         sources = _imagefolder_sources(cfg)
         decode = lambda: _imagefolder(sources)  # noqa: E731
     cache = _cache_path(cfg, sources)
+    kept = _KEPT.get("dataset")
+    if kept and kept[0] == _file_key(cache):  # (a key of None is never kept)
+        return kept[1]
     if cache.exists():
         try:
-            return _from_blob(torch.load(cache, weights_only=True))
+            return _keep(cache, _from_blob(torch.load(cache, weights_only=True)))
         except Exception as e:  # truncated, garbage, or another layout: decode again rather than fail every run
             log.warning("data cache %s is damaged (%s); decoding the images again to rebuild it", cache, type(e).__name__)
     dataset = decode()
@@ -64,23 +67,45 @@ def load_dataset(cfg: DictConfig) -> Dataset:
         with atomic.replacing(cache) as tmp:  # parallel trials never read a half-written cache
             torch.save(_to_blob(dataset), tmp)
         log.info("cached decoded %s at %s", cfg.name, cache)
+        _keep(cache, dataset)
     except Exception as e:  # a full disk (torch reports it as a RuntimeError) costs the next run a decode, not this one
         log.warning("data cache %s not written: %s", cache, first_line(e))
     return dataset
 
 
-def _cache_path(cfg: DictConfig, sources: dict[str, list[Path]]) -> Path:
+# A pool worker runs trial after trial in one process: it keeps the last data set it read (keyed by the cache file,
+# whose name follows the source files) and the last split made of it. On CIFAR-10 that starts each trial 0.7 s sooner.
+_KEPT: dict[str, tuple] = {}
+
+
+def _keep(cache: Path, dataset: Dataset) -> Dataset:
+    key = _file_key(cache)
+    if key is not None:
+        _KEPT["dataset"] = (key, dataset)
+    return dataset
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return str(path), st.st_size, st.st_mtime_ns, st.st_ino
+
+
+def _cache_path(cfg: DictConfig, sources: dict[str, list[str | Path]]) -> Path:
     # Keyed on every source file's path, size and mtime: a changed, added or removed file invalidates it.
     # (An edit that keeps both size and mtime goes unnoticed; delete the cache file after such an edit.)
-    h = hashlib.sha256(f"{cfg.name}:{CACHE_VERSION}".encode())
+    lines = [f"{cfg.name}:{CACHE_VERSION}"]
     for split in sorted(sources):
         for p in sources[split]:
             try:
-                st = p.stat()
+                st = os.stat(p)
             except OSError as e:
-                what = "a broken link" if p.is_symlink() else f"unreadable ({e.strerror})"
+                what = "a broken link" if os.path.islink(p) else f"unreadable ({e.strerror})"
                 raise UserError(f"data.root: {p} is {what}; fix or remove it") from None
-            h.update(f"{split}:{p}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+            lines.append(f"{split}:{p}:{st.st_size}:{st.st_mtime_ns}\n")
+    h = hashlib.sha256("".join(lines).encode())
     root = Path(cfg.cache_dir).expanduser() if cfg.cache_dir else Path.home() / ".cache" / "sweep"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -204,7 +229,7 @@ def _cifar10(sources: dict[str, list[Path]]) -> Dataset:
     return Dataset(read(sources["train"]), read(sources["test"]), list(classes))
 
 
-def _image_files(split_dir: Path) -> dict[str, list[Path]]:
+def _image_files(split_dir: Path) -> dict[str, list[str]]:
     classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
     for c in classes:
         try:
@@ -215,14 +240,16 @@ def _image_files(split_dir: Path) -> dict[str, list[Path]]:
     if not classes:
         raise UserError(f"data.root: {split_dir} has no class folders; expected {split_dir}/<class>/<image>")
     files = {}
-    for c in classes:
-        files[c] = sorted(p for p in (split_dir / c).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    for c in classes:  # paths as strings: making and sorting 50,000 Paths cost every trial a second
+        folder = os.path.join(split_dir, c)
+        with os.scandir(folder) as entries:
+            files[c] = sorted(e.path for e in entries if os.path.splitext(e.name)[1].lower() in IMAGE_SUFFIXES)
         if not files[c]:
-            raise UserError(f"data.root: class folder {split_dir / c} has no images ({', '.join(IMAGE_SUFFIXES)})")
+            raise UserError(f"data.root: class folder {folder} has no images ({', '.join(IMAGE_SUFFIXES)})")
     return files
 
 
-def _imagefolder_sources(cfg: DictConfig) -> dict[str, list[Path]]:
+def _imagefolder_sources(cfg: DictConfig) -> dict[str, list[str]]:
     root = Path(cfg.root)
     if not (root / "train").is_dir():
         raise UserError(f"data.root={cfg.root!r}: no such folder {root / 'train'}; expected root/train/<class>/<image>")
@@ -232,11 +259,11 @@ def _imagefolder_sources(cfg: DictConfig) -> dict[str, list[Path]]:
     return sources
 
 
-def _decode(path: Path) -> torch.Tensor:
+def _decode(path: str) -> torch.Tensor:
     from torchvision.io import ImageReadMode, decode_image, read_file
 
     try:
-        image = decode_image(read_file(str(path)), mode=ImageReadMode.RGB)
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB)
     except Exception as e:
         raise UserError(f"data.root: cannot decode image {path} ({type(e).__name__}: {str(e).splitlines()[0]})") from None
     if image.dtype == torch.uint16:  # 16-bit PNGs: keep the top 8 bits, as every viewer shows them
@@ -244,12 +271,16 @@ def _decode(path: Path) -> torch.Tensor:
     return image
 
 
-def _imagefolder(sources: dict[str, list[Path]]) -> Dataset:
-    classes = sorted({p.parent.name for p in sources["train"]})
+def _class_of(path: str) -> str:
+    return os.path.basename(os.path.dirname(path))
+
+
+def _imagefolder(sources: dict[str, list[str]]) -> Dataset:
+    classes = sorted({_class_of(p) for p in sources["train"]})
     index = {c: i for i, c in enumerate(classes)}
 
-    def read(paths: list[Path], split: str) -> Images:
-        unknown = sorted({p.parent.name for p in paths} - set(classes))
+    def read(paths: list[str], split: str) -> Images:
+        unknown = sorted({_class_of(p) for p in paths} - set(classes))
         if unknown:
             raise UserError(f"data.root: test classes {unknown} do not appear in train")
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
@@ -258,7 +289,7 @@ def _imagefolder(sources: dict[str, list[Path]]) -> Dataset:
         for p, im in zip(paths, images):
             if im.shape != shape:
                 raise UserError(f"data.root: {p} is {tuple(im.shape)} but {paths[0]} is {tuple(shape)}; all images must share one size")
-        return Images(torch.stack(images), torch.tensor([index[p.parent.name] for p in paths]))
+        return Images(torch.stack(images), torch.tensor([index[_class_of(p)] for p in paths]))
 
     test = read(sources["test"], "test") if "test" in sources else None
     return Dataset(read(sources["train"], "train"), test, classes)
@@ -354,8 +385,14 @@ def channel_stats(x: torch.Tensor, normalize: str) -> tuple[torch.Tensor, torch.
     c = x.shape[1]
     if normalize == "unit":  # the tutorial's Normalize((0.5,)*3, (0.5,)*3): inputs in [-1, 1]
         return torch.full((c,), 0.5), torch.full((c,), 0.5)
-    flat = x.transpose(0, 1).reshape(c, -1).double() / 255
-    return flat.mean(1).float(), flat.std(1).clamp_min(1e-6).float()
+    # From each channel's histogram of its 256 levels: exact, and no float copy of the images
+    # (CIFAR-10's train split: 3.0 s -> 0.3 s at one thread, paid by every trial).
+    counts = torch.stack([torch.bincount(x[:, i].reshape(-1), minlength=256) for i in range(c)]).double()
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = counts @ levels / n
+    var = (counts @ levels.square() - n * mean.square()) / (n - 1)  # unbiased, as Tensor.std
+    return mean.float(), var.clamp_min(0).sqrt().clamp_min(1e-6).float()
 
 
 @dataclass
@@ -374,8 +411,14 @@ EVAL_BATCH = 2048  # evaluation batch size: only speed depends on it
 def build_splits(cfg: DictConfig, device: torch.device, dataset: Dataset | None = None) -> Splits:
     """Train and validation loaders on the device; normalization statistics come from the train part only."""
     dataset = dataset or load_dataset(cfg)
-    train, val = split_train_val(dataset.train, cfg.val_size, cfg.split_seed)
-    mean, std = channel_stats(train.x, cfg.normalize)
+    key = (cfg.val_size, cfg.split_seed, cfg.normalize)
+    kept = _KEPT.get("split")
+    if kept and kept[0] is dataset and kept[1] == key:
+        train, val, mean, std = kept[2]
+    else:
+        train, val = split_train_val(dataset.train, cfg.val_size, cfg.split_seed)
+        mean, std = channel_stats(train.x, cfg.normalize)
+        _KEPT["split"] = (dataset, key, (train, val, mean, std))
     return Splits(
         train=Loader(train, device, mean, std, cfg.batch_size, cfg.flip, cfg.crop_padding),
         val=Loader(val, device, mean, std, EVAL_BATCH),

@@ -285,9 +285,10 @@ def main(cfg: DictConfig) -> float:
     try:
         trial = sweep.trial()
         metrics = train(cfg, out_dir, trial)
-        if metrics["status"] == "diverged":
-            raise Diverged(f"training diverged: loss became NaN or inf at epoch {metrics['epochs_run']}; "
-                           "lower optimizer.lr or add model.norm=batch")
+        diverged = (f"training diverged: loss became NaN or inf at epoch {metrics['epochs_run']}; "
+                    "lower optimizer.lr or add model.norm=batch")
+        if metrics["status"] == "diverged" and not in_sweep:
+            raise Diverged(diverged)
     except (UserError, Diverged) as e:
         if in_sweep:
             raise  # the sweeper records the trial as FAIL with this reason and goes on
@@ -305,10 +306,12 @@ def main(cfg: DictConfig) -> float:
         exit_with(problem)
     for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "precision", "status"):
         trial.set_user_attr(key, metrics[key])
-    if metrics["status"] == "pruned":
+    if metrics["status"] in ("pruned", "diverged"):
         import optuna
 
-        raise optuna.TrialPruned(f"after epoch {metrics['epochs_run']}")
+        # A diverged trial is pruned, not failed: Optuna's samplers learn from pruned trials (ranking one with no
+        # reports last) but skip failed ones, and would keep proposing learning rates that diverge.
+        raise optuna.TrialPruned(f"after epoch {metrics['epochs_run']}" if metrics["status"] == "pruned" else diverged)
     log.info("%s %.4f (best epoch %d of %d, %.1fs)", METRIC, metrics[METRIC], metrics["best_epoch"],
              metrics["epochs_run"], metrics["train_seconds"])
     return metrics[METRIC]

@@ -5,7 +5,7 @@ import torch
 
 from mlp import write_cifar10, write_imagefolder
 from sweep.config import UserError
-from sweep.data import Images, Loader, build_splits, load_dataset, split_train_val, stratified_pick
+from sweep.data import Images, Loader, build_splits, channel_stats, load_dataset, split_train_val, stratified_pick
 
 
 def test_stratified_pick_keeps_class_shares_and_depends_only_on_seed():
@@ -124,6 +124,16 @@ def test_imagefolder_rejects_an_empty_class_and_a_missing_root(make_cfg, tmp_pat
         load_dataset(make_cfg("data=imagefolder", f"data.root={root}").data)
     with pytest.raises(UserError, match="data.root"):
         load_dataset(make_cfg("data=imagefolder", f"data.root={tmp_path / 'missing'}").data)
+
+
+def test_channel_stats_match_the_float_mean_and_std_and_unit_is_the_tutorials():
+    x = torch.randint(0, 256, (50, 3, 6, 5), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    x[:, 2] = 7  # a flat channel: its std is clamped above zero
+    flat = x.transpose(0, 1).reshape(3, -1).double() / 255
+    mean, std = channel_stats(x, "channel")
+    assert torch.allclose(mean.double(), flat.mean(1), atol=1e-6)
+    assert torch.allclose(std[:2].double(), flat.std(1)[:2], atol=1e-6) and 0 < std[2] <= 1e-6
+    assert all(torch.equal(t, torch.full((3,), 0.5)) for t in channel_stats(x, "unit"))
 
 
 def test_batches_are_normalized_and_augmented_as_whole_tensors():
