@@ -2,6 +2,7 @@
 
     python bench/race.py [--rounds 3] [--trials 40] [--epochs 40] [--plot docs/race.png]
     python bench/race.py --data cifar10 --budget 1800 --rounds 1 [--plot docs/race_cifar10.png]
+    python bench/race.py --data cifar10 --replot docs/race_cifar10.json --plot docs/race_cifar10.png
 
 Every contender trains sweep.train's MLP, two trials at a time on this machine, each from a fresh process
 (start-up counts). Rounds interleave the contenders; the table shows medians.
@@ -13,7 +14,8 @@ Every contender trains sweep.train's MLP, two trials at a time on this machine, 
 
 - sweep, halving: this project's sweeper, pool launcher, successive halving (min_resource 1, reduction factor 4)
 - sweep, median: the same with the median pruner (this app's preset; digits only)
-- hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none)
+- hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none),
+  max_failure_rate=1 (by default it ends the sweep at the first diverged trial)
 - Ray Tune: OptunaSearch with ASHA (grace period 1, reduction factor 4), reuse_actors=True (bench/race_tune.py)
 
 Needs the bench extra: pip install -e '.[mlp,bench]'.
@@ -36,12 +38,12 @@ from pathlib import Path
 from common import CIFAR_JPEG, header
 
 ROOT = Path(__file__).resolve().parents[1]
-# Per data set: the overrides every contender trains with, the accuracy whose time-to-reach the table reports,
+# Per data set: the overrides every contender trains with, the accuracies whose time-to-reach the table reports,
 # and the plot's y range.
 DATA = {
-    "digits": {"overrides": ["data=digits", "search=digits"], "target": 0.97, "ylim": (0.9, 1.0)},
+    "digits": {"overrides": ["data=digits", "search=digits"], "targets": [0.97], "ylim": (0.9, 1.0)},
     "cifar10": {"overrides": ["data=imagefolder", f"data.root={CIFAR_JPEG}", "data.val_size=5000", "search=tutorial"],
-                "target": 0.50, "ylim": (0.35, 0.56)},
+                "targets": [0.50, 0.51, 0.515, 0.52], "ylim": (0.49, 0.525)},
 }
 
 
@@ -152,12 +154,21 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("~/.cache/sweep"), help="cifar10: the decoded data's cache")
     parser.add_argument("--budget", type=float, help="seconds per contender (cifar10: 1800); trials as many as fit")
     parser.add_argument("--only", nargs="*", help="contenders to run (default: all)")
-    parser.add_argument("--plot", type=Path, help="write the best-so-far curves of the last round here")
+    parser.add_argument("--plot", type=Path, help="write the best-so-far curves of the last round here "
+                                                  "(and every result, as it comes, next to it as .json)")
+    parser.add_argument("--replot", type=Path, help="no race: the table and --plot from a race's saved .json")
     args = parser.parse_args()
     cifar = args.data == "cifar10"
     args.epochs = args.epochs or (20 if cifar else 40)
     args.budget = args.budget or (1800 if cifar else None)
     work = f"{args.budget:.0f} s each" if args.budget else f"{args.trials} trials"
+    if args.replot:
+        runs = json.loads(args.replot.read_text())
+        print(f"# The race as saved in {args.replot}")
+        summarize(runs, args.data, args.budget)
+        if args.plot:
+            plot(runs, args.plot, args.data, args.budget, f"{args.data}, {work}, up to {args.epochs} epochs a trial")
+        return
     header(f"The race: {args.data}, {work}, up to {args.epochs} epochs a trial, 2 at a time, {args.rounds} round(s)")
     cache = None
     if cifar:  # decoded once, before the race (or found in the cache): no contender pays for it
@@ -175,7 +186,6 @@ def main() -> None:
     }
     if cifar:
         del contenders["sweep, median (pool)"]
-    TARGET = DATA[args.data]["target"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}
     runs: dict[str, list[dict]] = {name: [] for name in contenders}
@@ -189,50 +199,77 @@ def main() -> None:
                   flush=True)
             if args.plot:  # every result so far, so a race cut short keeps what it measured
                 args.plot.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    summarize(runs, args.data, args.budget)
+    if args.plot:
+        plot(runs, args.plot, args.data, args.budget, f"{args.data}, {work}, up to {args.epochs} epochs a trial")
+
+
+def summarize(runs: dict[str, list[dict]], data: str, budget: float | None) -> None:
     print()
+    if budget:  # time to accuracy: what each had found by when
+        marks = [t for t in (300, 600, 900, 1200, 1800, 3600) if t <= budget]
+        targets = DATA[data]["targets"]
+        print("| contender | first trial starts at s | trials | epochs | "
+              + " | ".join(f"best by {t} s" for t in marks) + " | " + " | ".join(f"s to {a}" for a in targets) + " |")
+        print("|---" * (4 + len(marks) + len(targets)) + "|")
+        for name, results in runs.items():
+            x = results[-1]
+            by = [max((v for t, v in x["points"] if t <= m), default=math.nan) for m in marks]
+            to = [time_to(x["points"], a) for a in targets]
+            note = " (ended early: failed)" if x["failed"] else ""
+            print(f"| {name}{note} | {x['first']:.1f} | {len(x['points'])} | {x['epochs']} | "
+                  + " | ".join(f"{v:.4f}" for v in by) + " | "
+                  + " | ".join("-" if t is None else f"{t:.0f}" for t in to) + " |")
+        return
+    target = DATA[data]["targets"][0]
     tune_wall = statistics.median(x["wall"] for x in runs.get("Ray Tune, ASHA, reuse_actors", [{"wall": float("nan")}]))
     up_first = statistics.median(x["first"] for x in runs.get("hydra-optuna-sweeper (joblib)", [{"first": float("nan")}]))
     print(f"| contender | wall s (median) | vs Ray Tune | first trial starts at s | epochs trained | "
-          f"best val acc | s to {TARGET} |")
+          f"best val acc | s to {target} |")
     print("|---|---|---|---|---|---|---|")
     for name, results in runs.items():
         wall = statistics.median(x["wall"] for x in results)
         first = statistics.median(x["first"] for x in results)
         epochs = statistics.median(x["epochs"] for x in results)
         best = statistics.median(best_of(x) for x in results)
-        reach = [time_to(x["points"], TARGET) for x in results]
+        reach = [time_to(x["points"], target) for x in results]
         reach_s = f"{statistics.median([t for t in reach if t is not None]):.1f}" if any(t is not None for t in reach) else "-"
         failed = sum(x["failed"] for x in results)
         note = f" (failed in {failed} of {len(results)} rounds)" if failed else ""
         print(f"| {name}{note} | {wall:.1f} | {wall / tune_wall:.2f}x | {first:.1f} | {epochs:.0f} | {best:.4f} | {reach_s} |")
-    print(f"\nfirst trial vs upstream: ours starts {statistics.median(x['first'] for x in runs[next(iter(runs))]) - up_first:+.1f} s"
-          " later (target: no more than +2 s)" if "hydra-optuna-sweeper (joblib)" in runs else "")
-    if args.plot:
-        import matplotlib
+    if "hydra-optuna-sweeper (joblib)" in runs:
+        ours_first = statistics.median(x["first"] for x in runs[next(iter(runs))])
+        print(f"\nfirst trial vs upstream: ours starts {ours_first - up_first:+.1f} s later (target: no more than +2 s)")
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(8, 4.5))
-        for name, results in runs.items():
-            pts = sorted(results[-1]["points"])
-            if not pts:
-                continue
-            best, xs, ys = 0.0, [0.0], [None]
-            for t, v in pts:
-                best = max(best, v)
-                xs.append(t)
-                ys.append(best)
-            xs.append(results[-1]["wall"])  # the line runs on to the contender's end
+def plot(runs: dict[str, list[dict]], path: Path, data: str, budget: float | None, what: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, results in runs.items():
+        pts = sorted(results[-1]["points"])
+        if not pts:
+            continue
+        best, xs, ys = 0.0, [], []
+        for t, v in pts:
+            best = max(best, v)
+            xs.append(t)
             ys.append(best)
-            ax.step(xs[1:], ys[1:], where="post", label=name)
-        ax.set(title=f"Best val accuracy so far: {args.data}, {work}, up to {args.epochs} epochs a trial, 2 at a time",
-               xlabel="seconds since the command started", ylabel="best val accuracy")
-        ax.set_ylim(*DATA[args.data]["ylim"])
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right")
-        fig.savefig(args.plot, dpi=90, bbox_inches="tight")
-        print(f"wrote {args.plot}")
+        xs.append(results[-1]["wall"])  # the line runs on to the contender's end
+        ys.append(best)
+        ax.step(xs, ys, where="post", label=name)
+    ax.set(title=f"Best val accuracy so far: {what}, 2 at a time", ylabel="best val accuracy",
+           xlabel="seconds since the command started" + (" (log scale)" if budget else ""))
+    if budget:  # minutes-long trials: the first minutes decide most, and would be a sliver on a linear axis
+        ax.set_xscale("log")
+    ax.set_ylim(*DATA[data]["ylim"])
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(loc="lower right")
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
