@@ -93,10 +93,10 @@ def tune(race: Race, work: Path, seed: int) -> dict:
             "--fixed", *[o for o in race.common(work) if not o.startswith(("hydra.", "search="))]]
     result = subprocess.run(argv, capture_output=True, text=True, cwd=work)
     wall = time.time() - start
-    if result.returncode != 0:  # a row that says so, not the end of the race
+    if result.returncode != 0:
         print(f"Ray Tune ended with code {result.returncode} after {wall:.0f} s:\n{result.stderr[-3000:]}",
               file=sys.stderr, flush=True)
-        return {"wall": wall, "first": float("nan"), "epochs": 0, "points": [], "failed": True}
+        return _failed(wall)
     data = json.loads((work / "tune.json").read_text())
     offset = wall - data["wall"]  # the interpreter's start, before race_tune.py took its clock
     points = [(t["ended"] + offset, t["best"]) for t in data["trials"]]
@@ -123,7 +123,7 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
                   file=sys.stderr, flush=True)
     db = work / "multirun" / "studies" / f"{study_name}.db"
     if not db.exists():
-        return {"wall": wall, "first": float("nan"), "epochs": 0, "points": [], "failed": True}
+        return _failed(wall)
     study = optuna.load_study(study_name=study_name, storage=f"sqlite:///{db}")
     trials = [t for t in study.trials if t.datetime_complete]
     points = []
@@ -132,8 +132,13 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
         if best is not None:
             points.append((t.datetime_complete.timestamp() - start, best))
     epochs = sum(json.loads(p.read_text())["epochs_run"] for p in work.glob("multirun/*/*/*/metrics.json"))
-    first = min((t.datetime_start.timestamp() for t in study.trials if t.datetime_start), default=start + math.nan)
-    return {"wall": wall, "first": first - start, "epochs": epochs, "points": points, "failed": failed}
+    first = min((t.datetime_start.timestamp() - start for t in study.trials if t.datetime_start), default=math.nan)
+    return {"wall": wall, "first": first, "epochs": epochs, "points": points, "failed": failed}
+
+
+def _failed(wall: float) -> dict:
+    """A contender that ended before it found anything: a row that says so, not the end of the race."""
+    return {"wall": wall, "first": math.nan, "epochs": 0, "points": [], "failed": True}
 
 
 def best_of(result: dict) -> float:
