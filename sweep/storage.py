@@ -13,7 +13,9 @@ or --storage on a command line), never for one read from a file: a sweep folder 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import logging
 import os
 import re
 import time
@@ -26,6 +28,7 @@ SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)  # query k
 MASK = "***"
 ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")  # ${oc.env:NAME}, with no default
 ANY_REF = re.compile(r"\$\{[^{}]*\}")
+log = logging.getLogger(__name__)
 HINT = ("leave it out and set PGPASSWORD (or ~/.pgpass), or make the whole password ${oc.env:SWEEP_DB_PASSWORD}")
 
 
@@ -217,7 +220,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
 
         try:
             storage.path.parent.mkdir(parents=True, exist_ok=True)
-            return JournalStorage(JournalFileBackend(str(storage.path)))  # Optuna has no heartbeats for journals
+            return JournalStorage(JournalFileBackend(str(storage.path), lock_obj=journal_lock(str(storage.path))))
         except Exception as e:
             raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
 
@@ -253,6 +256,47 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
         raise UserError(f"{setting}={storage} cannot be opened: {cause(e, storage)}") from None
 
 
+JOURNAL_LOCK_GRACE = 30  # seconds one journal lock may stand before it counts as a dead process's (Optuna's default)
+
+
+def journal_lock(path: str):
+    """Optuna's symlink lock on a journal file, which breaks a lock left by a process killed while writing.
+    Optuna < 4.3 waits on such a lock forever, so a sweep after a killed one would hang; this gives those versions
+    the stale-lock rule that Optuna 4.3 added."""
+    import inspect
+
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    if "grace_period" in inspect.signature(JournalFileSymlinkLock).parameters:
+        return JournalFileSymlinkLock(path, grace_period=JOURNAL_LOCK_GRACE)
+
+    class StaleBreakingLock(JournalFileSymlinkLock):
+        def acquire(self) -> bool:
+            link, seen, since, delay = path + ".lock", None, time.monotonic(), 0.001
+            while True:
+                try:
+                    os.symlink(path, link)  # where Optuna's own lock goes: tests/plugin/test_private_api.py
+                    return True
+                except FileExistsError:
+                    pass
+                try:
+                    st = os.lstat(link)
+                except FileNotFoundError:
+                    continue  # released meanwhile
+                if (st.st_ino, st.st_mtime_ns) != seen:  # another holder: its own grace
+                    seen, since = (st.st_ino, st.st_mtime_ns), time.monotonic()
+                elif time.monotonic() - since > JOURNAL_LOCK_GRACE:
+                    log.warning("Breaking the lock on %s, held for over %d s (a process killed while writing "
+                                "leaves it)", path, JOURNAL_LOCK_GRACE)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(link)
+                    continue
+                time.sleep(delay)
+                delay = min(2 * delay, 1)
+
+    return StaleBreakingLock(path)
+
+
 def _cause(e: BaseException) -> BaseException:
     """The driver's own error under Optuna's wrapper ("an exception is raised during the commit")."""
     while e.__cause__ is not None or (e.__context__ is not None and not e.__suppress_context__):
@@ -277,7 +321,6 @@ def _check_sqlite_study(path: Path, setting: str, storage: Storage) -> None:
 def _write_ahead_log(storage: Storage, setting: str) -> None:
     """SQLite in WAL mode: a report read while the sweep runs never blocks its writes, and commits are cheaper. The
     mode is kept in the file, so it is set once, by the sweep, before its workers or Optuna's engine connect."""
-    import contextlib
     import sqlite3
 
     try:

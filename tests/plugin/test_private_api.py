@@ -40,3 +40,15 @@ def _state(pid: int) -> str:
             return f.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_optunas_journal_lock_is_still_a_symlink_named_after_the_journal(tmp_path):
+    # sweep.storage.journal_lock gives Optuna < 4.3 a stale-lock rule on this same file, so both can share a journal.
+    from optuna.storages.journal import JournalFileSymlinkLock
+
+    journal = tmp_path / "study.log"
+    lock = JournalFileSymlinkLock(str(journal))
+    lock.acquire()
+    assert os.readlink(f"{journal}.lock") == str(journal)
+    lock.release()
+    assert not os.path.lexists(f"{journal}.lock")

@@ -165,3 +165,21 @@ def test_a_new_sqlite_study_gets_its_schema_once_from_the_sweep_never_from_its_w
         t.join()
     assert not failed and len(opened) == 4
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM alembic_version").fetchone() == (1,)
+
+
+def test_a_journal_lock_left_by_a_process_killed_mid_write_is_broken(tmp_path, monkeypatch):
+    # Optuna < 4.3 waited on such a lock forever: the sweep after a killed one hung before its first trial.
+    import optuna
+
+    monkeypatch.setattr(st, "JOURNAL_LOCK_GRACE", 1)
+    path = tmp_path / "study.log"
+    spec = st.parse(f"journal:///{path}")
+    optuna.create_study(study_name="s", storage=st.open_storage(spec))
+    Path(f"{path}.lock").symlink_to(path)  # what Optuna's lock is, left behind by a SIGKILL
+    written = []
+    writer = threading.Thread(target=lambda: written.append(
+        optuna.load_study(study_name="s", storage=st.open_storage(spec)).ask().number), daemon=True)
+    writer.start()
+    writer.join(timeout=120)
+    assert written == [0]
+    assert not Path(f"{path}.lock").exists()  # released after the write
