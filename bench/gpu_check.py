@@ -82,6 +82,13 @@ def main() -> None:
         device = json.loads((run / "metrics.json").read_text()).get("device") if (run / "metrics.json").is_file() else None
         print(f"trial {t.number}: {t.state.name}, gpus={t.user_attrs.get('gpus')!r}, node={t.user_attrs.get('node')}, "
               f"device={device}, seconds={t.user_attrs.get('run_seconds')}")
+    # How many trials ran at once on each GPU, from the study's own start and end times.
+    spans = [(t.user_attrs.get("gpus"), t.datetime_start, t.datetime_complete) for t in study.trials if t.datetime_complete]
+    for gpu in sorted({g for g, _, _ in spans}, key=str):
+        mine = [(a, b) for g, a, b in spans if g == gpu]
+        most = max(sum(a <= start < b for a, b in mine) for start, _ in mine)
+        print(f"GPU {gpu!r}: {len(mine)} trials, at most {most} at once")
+
 
 if __name__ == "__main__":
     main()
