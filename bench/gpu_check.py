@@ -29,7 +29,7 @@ def fake_cifar10(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for name, n in [*[(f"data_batch_{i}", 10000) for i in range(1, 6)], ("test_batch", 10000)]:
         with open(folder / name, "wb") as f:
-            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, n))}, f)
+            pickle.dump({"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), "labels": rng.integers(0, 10, n).tolist()}, f)
     with open(folder / "batches.meta", "wb") as f:
         pickle.dump({"label_names": [str(i) for i in range(10)]}, f)
     return root
