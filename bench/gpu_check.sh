@@ -6,6 +6,6 @@ export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site
 python3 -m pip install -q --no-index --no-deps --no-build-isolation . || exit 1
-echo "commit: ${1:-unknown}"
+export SWEEP_COMMIT="${1:-unknown}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 cd /tmp && python3 "$OLDPWD/bench/gpu_check.py" /tmp/gpucheck 2>&1 | grep -v "^\[" | tee "$OUT/gpu_check.txt"
