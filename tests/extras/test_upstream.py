@@ -15,6 +15,9 @@ from helpers import EXAMPLES, run_app
 upstream = pytest.importorskip("hydra_plugins.hydra_optuna_sweeper._impl")  # the test extra installs it
 
 SWEEPERS = ["optuna", "sweep"]  # upstream's hydra/sweeper=optuna, and ours
+# Upstream's scenarios, both sweepers: slow, because tests/plugin/test_examples.py runs each of them on ours in the
+# default run. The side-by-side results below (the same seeded sampler) stay in it.
+SCENARIO = pytest.mark.slow
 GRID = """defaults:
   - override hydra/sweeper: {sweeper}
   - override hydra/sweeper/sampler: grid
@@ -45,6 +48,7 @@ def run(sweeper: str, script: str, *args: str, cwd: Path):
     return run_app(*args, *extra, cwd=cwd, script=EXAMPLES / script, timeout=600)
 
 
+@SCENARIO
 @pytest.mark.parametrize("sweeper", SWEEPERS)
 @pytest.mark.parametrize("with_commandline", [True, False])
 def test_optuna_example(tmp_path, sweeper, with_commandline):
@@ -63,6 +67,7 @@ def test_optuna_example(tmp_path, sweeper, with_commandline):
     assert found.best_value <= 2.27  # upstream's bar: TPE's 95th percentile over 1000 seeds
 
 
+@SCENARIO
 @pytest.mark.parametrize("sweeper", SWEEPERS)
 @pytest.mark.parametrize("n_trials", [10, 1])
 def test_example_with_grid_sampler(tmp_path, sweeper, n_trials):
@@ -78,6 +83,7 @@ def test_example_with_grid_sampler(tmp_path, sweeper, n_trials):
     assert found["x"] in (-1, 1) and found["y"] in (-1, 0) and found["z"] in ("foo", "bar")
 
 
+@SCENARIO
 @pytest.mark.parametrize("sweeper", SWEEPERS)
 @pytest.mark.parametrize("with_commandline", [True, False])
 def test_multi_objective_example(tmp_path, sweeper, with_commandline):
@@ -95,6 +101,7 @@ def test_multi_objective_example(tmp_path, sweeper, with_commandline):
                        for b in solutions)
 
 
+@SCENARIO
 @pytest.mark.parametrize("sweeper", SWEEPERS)
 def test_custom_search_space_example(tmp_path, sweeper):
     result = run(sweeper, "custom_search_space.py", "--multirun", f"hydra.sweep.dir={tmp_path / 'out'}",
@@ -106,6 +113,7 @@ def test_custom_search_space_example(tmp_path, sweeper):
     assert abs(best["x"] - best["z"]) <= 0.3 and 0 <= best["+w"] <= 1
 
 
+@SCENARIO
 @pytest.mark.parametrize("sweeper", SWEEPERS)
 @pytest.mark.parametrize("max_failure_rate", [0.5, 1.0])
 def test_failure_rate(tmp_path, sweeper, max_failure_rate):

@@ -1,5 +1,6 @@
 import csv
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -72,6 +73,31 @@ def test_a_run_killed_after_epoch_k_resumes_to_the_same_result(make_cfg, tmp_pat
         assert resumed[key] == whole[key], key
     assert (tmp_path / "whole" / "history.csv").read_text().splitlines()[-1].split(",")[:6] == \
            (tmp_path / "broken" / "history.csv").read_text().splitlines()[-1].split(",")[:6]
+
+
+def test_a_retried_sweep_trial_resumes_from_the_last_checkpoint_of_the_run_it_retries(make_cfg, tmp_path, caplog):
+    # What a sweep does after a worker died: the retry trial names the failed one, whose run folder holds last.pt.
+    import optuna
+
+    from sweep.attrs import FAILED_TRIAL, RUN_DIR
+    from sweep.task import SweepTrial
+
+    cfg = make_cfg("data=digits", "trainer.epochs=4")
+    with pytest.raises(KeyboardInterrupt):  # the worker dies in epoch 2, its last.pt from epoch 1
+        train(cfg, tmp_path / "dead", Recorder(crash_at=2))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="s", direction="maximize")
+    dead = study.ask()
+    dead.set_user_attr(RUN_DIR, str(tmp_path / "dead"))
+    study.tell(dead, state=optuna.trial.TrialState.FAIL)
+    retry = study.ask()
+    storage.set_trial_system_attr(retry._trial_id, FAILED_TRIAL, dead.number)
+    with caplog.at_level("INFO"):
+        metrics = train(cfg, tmp_path / "retry", SweepTrial(study, storage, retry._trial_id, retry.number))
+    assert re.search(r"resumed after epoch [12]\b", caplog.text) and metrics["epochs_run"] == 4, caplog.text
+    epochs = [int(line.split(",")[0]) for line in (tmp_path / "retry" / "history.csv").read_text().splitlines()[1:]]
+    assert epochs == [1, 2, 3, 4]  # the dead run's history carried over, then on
+    assert sorted(storage.get_trial(retry._trial_id).intermediate_values) == [1, 2, 3, 4]
 
 
 def test_a_foreign_or_damaged_last_checkpoint_is_not_trusted(make_cfg, tmp_path, caplog):

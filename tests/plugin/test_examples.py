@@ -82,7 +82,7 @@ def test_sphere_example(tmp_path, with_commandline):
     assert found.best_value <= 2.27
 
 
-@pytest.mark.parametrize("n_trials", [10, pytest.param(1, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("n_trials", [10, 1])
 def test_grid_sampler(tmp_path, n_trials):
     conf = tmp_path / "conf"
     conf.mkdir()
