@@ -55,16 +55,17 @@ _pools_running = 0  # pools in this process that may be using multiprocessing's 
 _pools_lock = threading.Lock()
 
 
-def _stop_fork_server(now: bool = False) -> None:
+def _stop_fork_server() -> None:
     """End multiprocessing's fork server and resource tracker once no pool needs them, so nothing of a sweep outlives
     it (in a notebook or a test process the server would keep the task's imports in memory; either restarts on
-    demand). `now` kills the server even mid-import, so a sweep that stops while its workers warm up ends at once.
+    demand). The server is killed, not asked to exit: it holds nothing to save, a sweep that stops while its workers
+    warm up ends at once instead of after the server's imports, and a server that imported torch took 1.5 s to exit.
     multiprocessing has no public call for this; tests/plugin/test_private_api.py fails if it changes."""
     from multiprocessing import forkserver, resource_tracker
 
     server = getattr(forkserver, "_forkserver", None)
     pid = getattr(server, "_forkserver_pid", None)
-    if now and pid:
+    if pid:
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -178,7 +179,7 @@ class PoolLauncher(AsyncLauncher):
             with _pools_lock:
                 alone = _pools_running == 1
             if alone:  # a worker still starting would hold its thread until the server's imports end
-                _stop_fork_server(now=True)
+                _stop_fork_server()
         for thread in self._threads:
             thread.join(timeout=None if not kill else 10)
         for proc, _ in workers:
