@@ -69,7 +69,7 @@ def main() -> None:
         failed = 0
         for number, what, nodes in CASES:
             start = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", *nodes],
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-m", "", *nodes],
                                  cwd=ROOT, capture_output=True, text=True)
             ok = run.returncode == 0
             failed += not ok
