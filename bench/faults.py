@@ -69,8 +69,8 @@ def main() -> None:
         failed = 0
         for number, what, nodes in CASES:
             start = time.perf_counter()
-            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-m", "", *nodes],
-                                 cwd=ROOT, capture_output=True, text=True)
+            run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-m", "",
+                                  *nodes], cwd=ROOT, capture_output=True, text=True)
             ok = run.returncode == 0
             failed += not ok
             summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
