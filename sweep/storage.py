@@ -70,8 +70,10 @@ def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | No
         rest = rest[2:] if rest.startswith("//") else rest
         if not rest or ANY_REF.search(rest):
             raise UserError(f"{setting}={value!r} is invalid: a journal needs a file, e.g. journal:///path/study.log")
+        if rest.startswith("/"):  # journal:////abs (a path pasted after journal:///) is /abs, not //abs
+            rest = "/" + rest.lstrip("/")
         path = base / Path(rest).expanduser()
-        return Storage("journal", f"journal:///{path}", path, saved=f"journal:///{path}", shown=f"journal:///{path}")
+        return Storage("journal", f"journal://{path}", path, saved=f"journal://{path}", shown=f"journal://{path}")
     from sqlalchemy.engine import make_url
 
     refs: dict[str, str] = {}
@@ -254,6 +256,16 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
         raise
     except Exception as e:
         raise UserError(f"{setting}={storage} cannot be opened: {cause(e, storage)}") from None
+
+
+def same(a: object, b: object) -> bool:
+    """Two saved storage URLs name the same storage; earlier versions saved an absolute journal as journal:////abs."""
+    if a == b:
+        return True
+    try:
+        return parse(a, resolve_env=False).saved == parse(b, resolve_env=False).saved
+    except UserError:
+        return False
 
 
 JOURNAL_LOCK_GRACE = 30  # seconds one journal lock may stand before it counts as a dead process's (Optuna's default)

@@ -312,7 +312,7 @@ class SweepImpl:
         except (OSError, ValueError):
             other = {}
         if isinstance(other, dict) and other.get("study_name") == record["study_name"] and \
-                other.get("storage") == record["storage"]:
+                st.same(other.get("storage"), record["storage"]):
             return  # the same study again: its trial numbers, and so its run folders, never repeat
         if not earlier and self.spec.kind != "memory" and not handle.study.get_trials(deepcopy=False):
             handle.delete_if_empty()

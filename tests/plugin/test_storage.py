@@ -167,6 +167,18 @@ def test_a_new_sqlite_study_gets_its_schema_once_from_the_sweep_never_from_its_w
     assert sqlite3.connect(path).execute("SELECT COUNT(*) FROM alembic_version").fetchone() == (1,)
 
 
+def test_a_journal_url_names_one_file_however_its_slashes_are_written(tmp_path):
+    # The URL saved in study.json and sent to workers must read back as the very same path, not //tmp/...
+    for url in (f"journal:///{tmp_path}/s.log", f"journal://{tmp_path}/s.log", "journal://s.log", "journal:s.log"):
+        spec = st.parse(url, base=tmp_path)
+        assert spec.path == tmp_path / "s.log" and st.parse(spec.saved).path == spec.path, url
+        assert spec.shown == f"journal://{tmp_path}/s.log"
+    # A sweep folder's study.json from an earlier version (journal:////abs) still names this study's storage.
+    assert st.same(f"journal:///{tmp_path}/s.log", st.parse(f"journal://{tmp_path}/s.log").saved)
+    assert not st.same(f"journal://{tmp_path}/other.log", f"journal://{tmp_path}/s.log")
+    assert not st.same({"not": "a url"}, f"journal://{tmp_path}/s.log")
+
+
 def test_a_journal_lock_left_by_a_process_killed_mid_write_is_broken(tmp_path, monkeypatch):
     # Optuna < 4.3 waited on such a lock forever: the sweep after a killed one hung before its first trial.
     import optuna
