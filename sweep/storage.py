@@ -292,11 +292,11 @@ def journal_lock(path: str):
                 except FileExistsError:
                     pass
                 try:
-                    st = os.lstat(link)
+                    held = os.lstat(link)
                 except FileNotFoundError:
                     continue  # released meanwhile
-                if (st.st_ino, st.st_mtime_ns) != seen:  # another holder: its own grace
-                    seen, since = (st.st_ino, st.st_mtime_ns), time.monotonic()
+                if (held.st_ino, held.st_mtime_ns) != seen:  # another holder: its own grace
+                    seen, since = (held.st_ino, held.st_mtime_ns), time.monotonic()
                 elif time.monotonic() - since > JOURNAL_LOCK_GRACE:
                     log.warning("Breaking the lock on %s, held for over %d s (a process killed while writing "
                                 "leaves it)", path, JOURNAL_LOCK_GRACE)
