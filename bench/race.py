@@ -37,6 +37,8 @@ from pathlib import Path
 
 from common import CIFAR_JPEG, header
 
+from sweep import atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 # Per data set: the overrides every contender trains with, the accuracies whose time-to-reach the table reports,
 # and the plot's y range.
@@ -167,14 +169,15 @@ def main() -> None:
     args.epochs = args.epochs or (20 if cifar else 40)
     args.budget = args.budget or (1800 if cifar else None)
     work = f"{args.budget:.0f} s each" if args.budget else f"{args.trials} trials"
+    what = f"{args.data}, {work}, up to {args.epochs} epochs a trial"
     if args.replot:
         runs = json.loads(args.replot.read_text())
         print(f"# The race as saved in {args.replot}")
         summarize(runs, args.data, args.budget)
         if args.plot:
-            plot(runs, args.plot, args.data, args.budget, f"{args.data}, {work}, up to {args.epochs} epochs a trial")
+            plot(runs, args.plot, args.data, args.budget, what)
         return
-    header(f"The race: {args.data}, {work}, up to {args.epochs} epochs a trial, 2 at a time, {args.rounds} round(s)")
+    header(f"The race: {what}, 2 at a time, {args.rounds} round(s)")
     cache = None
     if cifar:  # decoded once, before the race (or found in the cache): no contender pays for it
         cache = args.cache.expanduser()
@@ -203,10 +206,10 @@ def main() -> None:
                   f"{result['epochs']} epochs, best {best_of(result):.4f}{' (ended early: failed)' * result['failed']}",
                   flush=True)
             if args.plot:  # every result so far, so a race cut short keeps what it measured
-                args.plot.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+                atomic.write_text(args.plot.with_suffix(".json"), json.dumps(runs, indent=1))
     summarize(runs, args.data, args.budget)
     if args.plot:
-        plot(runs, args.plot, args.data, args.budget, f"{args.data}, {work}, up to {args.epochs} epochs a trial")
+        plot(runs, args.plot, args.data, args.budget, what)
 
 
 def summarize(runs: dict[str, list[dict]], data: str, budget: float | None) -> None:
