@@ -340,14 +340,17 @@ def _worker_main(conn, lifeline, settings) -> None:
         sys.modules["torch"].set_num_threads(threads)
     import cloudpickle
 
-    payload = cloudpickle.loads(conn.recv_bytes())
-    while True:
-        message = conn.recv()
-        if message is None:
-            return
-        idx, overrides, console = message
-        outcome: Outcome = run_job(payload, idx, overrides, console)
-        conn.send(outcome)
+    try:
+        payload = cloudpickle.loads(conn.recv_bytes())
+        while True:
+            message = conn.recv()
+            if message is None:
+                return
+            idx, overrides, console = message
+            outcome: Outcome = run_job(payload, idx, overrides, console)
+            conn.send(outcome)
+    except (EOFError, ConnectionError):  # the sweep dropped our pipe (it is stopping): nobody is left to tell
+        return
 
 
 __all__ = ["PoolLauncher", "visible_gpus"]

@@ -210,6 +210,27 @@ def test_stopping_the_sweep_while_its_pool_starts_is_one_line_and_leaves_no_proc
              timeout=30)
 
 
+def test_a_worker_whose_sweep_goes_away_while_it_starts_exits_without_a_word(capfd):
+    # A sweep stopped mid-start-up may drop a worker's pipe before sending it the task; the worker's stderr is the
+    # user's terminal, where the sweep's last line must stay its own one-line error.
+    import multiprocessing
+
+    from sweep.pool import _stop_fork_server, _worker_main
+
+    ctx = multiprocessing.get_context("spawn")
+    here, there = ctx.Pipe()
+    lifeline, kept = ctx.Pipe(duplex=False)  # kept open: the worker must end by itself, not by the lifeline
+    proc = ctx.Process(target=_worker_main, args=(there, lifeline, ("", 1)))
+    proc.start()
+    there.close()
+    here.close()  # the sweep goes away before the task reaches the worker
+    proc.join(timeout=120)
+    kept.close()
+    _stop_fork_server()  # and spawn's resource tracker with it
+    assert proc.exitcode == 0
+    assert capfd.readouterr().err == ""
+
+
 def _not_zombie(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
