@@ -28,7 +28,7 @@ def header(title: str) -> None:
     torch, the commit, and how busy the machine was."""
     import torch  # here, not at the top: bench/threads.py's children must set up OpenMP before torch loads
 
-    from sweep.device import describe
+    from sweep.mlp.device import describe
 
     print(f"# {title}")
     print(f"command: python {' '.join(sys.argv)}")

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
 from common import CIFAR_JPEG, header
-from sweep.model import MLP
-from sweep.train import CONF_DIR, train
+from sweep.mlp.model import MLP
+from sweep.mlp.train import CONF_DIR, train
 
 TUTORIAL = ["+experiment=tutorial", "data=imagefolder", f"data.root={CIFAR_JPEG}", "data.val_size=5000"]
 
@@ -105,7 +105,7 @@ def main() -> None:
     auto, _ = harness_epochs(args.epochs, args.device, "auto")  # bf16 only where it is native
     tutorial = tutorial_epochs(args.tutorial_epochs, args.workers)
     h, t, b = statistics.median(harness), statistics.median(tutorial), statistics.median(auto)
-    from sweep.device import choose_precision
+    from sweep.mlp.device import choose_precision
 
     picked = choose_precision("auto", torch.device(args.device))
     achieved = epoch_flops() / h / 1e9

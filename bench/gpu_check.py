@@ -20,7 +20,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from common import header
-from sweep.train import CONF_DIR, train
+from sweep.mlp.train import CONF_DIR, train
 
 
 def fake_cifar10(root: Path) -> Path:

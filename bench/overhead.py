@@ -147,8 +147,8 @@ def per_epoch() -> list[str]:
     import optuna
     from optuna.distributions import FloatDistribution
 
-    from sweep import storage as st
-    from sweep.task import SweepTrial
+    from sweep.sweeper import storage as st
+    from sweep.sweeper.task import SweepTrial
 
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -213,7 +213,7 @@ def the_end() -> list[str]:
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    from sweep.report import write_report
+    from sweep.sweeper.report import write_report
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from common import header, run_sweep
-from sweep.launcher import cpu_cores
+from sweep.launchers.protocol import cpu_cores
 
 
 def main() -> None:

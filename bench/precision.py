@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from sweep.device import bf16_native, choose_precision
+    from sweep.mlp.device import bf16_native, choose_precision
 
     header("The best preset's epoch time by trainer.precision")
     cpu = torch.device("cpu")

@@ -26,7 +26,7 @@ def trainable(config: dict) -> None:
     from hydra import compose, initialize_config_dir
     from ray import tune
 
-    from sweep.train import CONF_DIR, HYDRA_DEFAULTS, train
+    from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS, train
 
     torch.set_num_threads(1)  # one CPU per trial, as the pool gives each of two workers on two cores
     overrides = [f"{k}={v}" for k, v in config["params"].items()] + list(config["fixed"])

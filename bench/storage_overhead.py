@@ -26,7 +26,7 @@ from common import CIFAR_JPEG, header
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from pgserver import start_postgres  # noqa: E402
 
-from sweep import storage as st  # noqa: E402
+from sweep.sweeper import storage as st  # noqa: E402
 
 EPOCHS_PER_TRIAL = 30
 

@@ -37,14 +37,14 @@ SETTINGS = {  # label -> (trainer.threads, extra environment)
 def child(overrides: list[str], steps: int, warmup: int = 5) -> None:
     """Time `steps` optimizer steps of the composed config; print seconds per step and steps per epoch."""
     if "trainer.threads=auto" in overrides:
-        import sweep.train  # noqa: F401  (first, as `python -m sweep.train` does: it sets up OpenMP before torch)
+        import sweep.mlp.train  # noqa: F401  (first, as `python -m sweep.train` does: it sets up OpenMP before torch)
     import torch
     from hydra import compose, initialize_config_dir
 
-    from sweep.data import build_splits
-    from sweep.device import choose_precision, resolve_device
-    from sweep.model import build_model, build_optimizer
-    from sweep.train import CONF_DIR, apply_threads, autocast
+    from sweep.mlp.data import build_splits
+    from sweep.mlp.device import choose_precision, resolve_device
+    from sweep.mlp.model import build_model, build_optimizer
+    from sweep.mlp.train import CONF_DIR, apply_threads, autocast
 
     with initialize_config_dir(config_dir=CONF_DIR):
         cfg = compose("config", overrides=["data=imagefolder", f"data.root={CIFAR_JPEG}", "data.val_size=5000",

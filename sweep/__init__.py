@@ -5,6 +5,6 @@ In a task:  `trial = sweep.trial()`, then `trial.report(value, step)` and `trial
 """
 
 from sweep.errors import UserError
-from sweep.task import LocalTrial, previous_run_dir, trial
+from sweep.sweeper.task import LocalTrial, previous_run_dir, trial
 
 __all__ = ["LocalTrial", "UserError", "previous_run_dir", "trial"]

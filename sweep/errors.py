@@ -56,7 +56,7 @@ def hydra_error(e: BaseException) -> str | None:
     from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
     from omegaconf.errors import OmegaConfBaseException
 
-    from sweep.storage import redact
+    from sweep.redact import redact
 
     if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
         group, choice = e.missing_cfg_file.rsplit("/", 1)

@@ -1,4 +1,4 @@
-"""What Hydra loads of sweep: the sweeper and launcher classes, and (through sweep.plugin) their configs.
+"""What Hydra loads of sweep: the sweeper and launcher classes, and (through sweep.settings) their configs.
 
 Hydra 1.3 finds plugins only in the `hydra_plugins` namespace and only classes defined there, so these thin
 classes live here; Hydra 1.4 also finds them through the package's entry points. Loading this module imports
@@ -12,32 +12,25 @@ from typing import Any
 
 from hydra.plugins.sweeper import Sweeper
 
-from sweep import plugin as _configs
-from sweep.errors import UserError, one_line
-from sweep import pool as _pool
-from sweep import ray_pool as _ray_pool
-from sweep import slurm_pool as _slurm_pool
+from sweep import settings as _configs
+from sweep.errors import one_line
+from sweep.launchers import pool as _pool
+from sweep.launchers import ray_pool as _ray_pool
+from sweep.launchers import slurm_pool as _slurm_pool
 
 _configs.register()
 
 
-def _launcher_init(launcher, implementation: type, conf: type, settings: dict) -> None:
+def _launcher_init(launcher, implementation: type, settings: dict) -> None:
     """A launcher's constructor as Hydra calls it: a typo (+hydra.launcher.foo=1) or a bad value is one error line."""
-    def init():
-        names = [f for f in conf.__dataclass_fields__ if not f.startswith("_")]
-        unknown = sorted(set(settings) - set(names))
-        if unknown:
-            raise UserError(f"hydra.launcher.{unknown[0]} is not a setting of this launcher; it has {', '.join(names)}")
-        implementation.__init__(launcher, **settings)
-
-    one_line(init)
+    one_line(lambda: implementation.__init__(launcher, **settings))
 
 
 class OptunaSweeper(Sweeper):
     """hydra/sweeper=sweep: Optuna, with pruning, asynchronous trials, resume and a report."""
 
     def __init__(self, **settings: Any) -> None:
-        from sweep.sweeper import SweepImpl
+        from sweep.sweeper.core import SweepImpl
 
         # Hydra calls these three: a user's mistake ends here as one `error:` line, not a traceback.
         self.impl = one_line(lambda: SweepImpl(**settings))
@@ -53,21 +46,21 @@ class PoolLauncher(_pool.PoolLauncher):
     """hydra/launcher=pool: worker processes on this machine, pinned to GPUs when it has them."""
 
     def __init__(self, **settings: Any) -> None:
-        _launcher_init(self, _pool.PoolLauncher, _configs.PoolLauncherConf, settings)
+        _launcher_init(self, _pool.PoolLauncher, settings)
 
 
 class RayPoolLauncher(_ray_pool.RayPoolLauncher):
     """hydra/launcher=ray_pool: one Ray task per trial, on a local Ray or an existing cluster."""
 
     def __init__(self, **settings: Any) -> None:
-        _launcher_init(self, _ray_pool.RayPoolLauncher, _configs.RayPoolLauncherConf, settings)
+        _launcher_init(self, _ray_pool.RayPoolLauncher, settings)
 
 
 class SlurmPoolLauncher(_slurm_pool.SlurmPoolLauncher):
     """hydra/launcher=slurm_pool: one SLURM job per trial through submitit."""
 
     def __init__(self, **settings: Any) -> None:
-        _launcher_init(self, _slurm_pool.SlurmPoolLauncher, _configs.SlurmPoolLauncherConf, settings)
+        _launcher_init(self, _slurm_pool.SlurmPoolLauncher, settings)
 
 
 __all__ = ["OptunaSweeper", "PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher"]

@@ -134,7 +134,7 @@ def test_failure_rate(tmp_path, sweeper, max_failure_rate):
      "i=range(0.1, 1.0, step=0.3)", "~j"],
 ])
 def test_the_search_space_is_read_as_upstream_reads_it(overrides):
-    from sweep.space import SearchSpace
+    from sweep.sweeper.space import SearchSpace
 
     space, fixed, deletions = upstream.create_params_from_overrides(overrides)
     ours = SearchSpace.parse(None, overrides)

@@ -4,7 +4,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from sweep.train import CONF_DIR, HYDRA_DEFAULTS
+from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS
 
 
 @pytest.fixture

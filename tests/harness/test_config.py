@@ -1,7 +1,7 @@
 import pytest
 from omegaconf import OmegaConf
 
-from sweep.config import check_config
+from sweep.mlp.config import check_config
 from sweep.errors import UserError
 
 
@@ -53,7 +53,7 @@ def test_search_presets_declare_spaces_over_real_keys(make_cfg, preset, expected
 def test_the_app_configures_the_sweeper_for_itself(make_cfg):
     sweeper = make_cfg(hydra=True).hydra.sweeper
     assert sweeper.direction == "maximize" and list(sweeper.metric_names) == ["val_accuracy"]
-    assert sweeper.check == "sweep.config.check_sweep" and sweeper.storage.startswith("sqlite:///multirun/studies/")
+    assert sweeper.check == "sweep.mlp.config.check_sweep" and sweeper.storage.startswith("sqlite:///multirun/studies/")
     assert sweeper.pruner.n_warmup_steps == 2  # this app's median preset, not the plugin's Optuna defaults
 
 

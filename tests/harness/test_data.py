@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from mlp import write_cifar10, write_imagefolder
-from sweep.config import UserError
-from sweep.data import Images, Loader, build_splits, channel_stats, load_dataset, split_train_val, stratified_pick
+from sweep.mlp.config import UserError
+from sweep.mlp.data import Images, Loader, build_splits, channel_stats, load_dataset, split_train_val, stratified_pick
 
 
 def test_stratified_pick_keeps_class_shares_and_depends_only_on_seed():

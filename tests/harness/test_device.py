@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import sweep.device as device
+import sweep.mlp.device as device
 
 
 @pytest.fixture

@@ -5,10 +5,10 @@ import torch
 
 from helpers import run_cli
 from mlp import train_cli, write_imagefolder
-from sweep.config import UserError
-from sweep.data import build_splits
-from sweep.evaluate import evaluate_checkpoint, find_checkpoint, load_model, predict
-from sweep.train import METRIC, train
+from sweep.mlp.config import UserError
+from sweep.mlp.data import build_splits
+from sweep.mlp.evaluate import evaluate_checkpoint, find_checkpoint, load_model, predict
+from sweep.mlp.train import METRIC, train
 
 
 def test_digits_checkpoint_round_trips_and_scores_on_the_test_split(make_cfg, tmp_path):
@@ -75,7 +75,7 @@ def checkpoint(make_cfg, tmp_path):
 
 
 def _evaluate(capsys, *args) -> tuple[int, str]:
-    from sweep.evaluate import cli
+    from sweep.mlp.evaluate import cli
 
     code = cli([str(a) for a in args])
     err = capsys.readouterr().err.strip().splitlines()

@@ -9,7 +9,7 @@ import torch
 
 from helpers import assert_one_line_error
 from mlp import Recorder, train_cli, write_cifar10, write_imagefolder
-from sweep.train import LAST, METRIC, lr_factor, train
+from sweep.mlp.train import LAST, METRIC, lr_factor, train
 
 
 def _run_dir(cwd: Path) -> Path:
@@ -80,7 +80,7 @@ def test_a_retried_sweep_trial_resumes_from_the_last_checkpoint_of_the_run_it_re
     import optuna
 
     from sweep.attrs import FAILED_TRIAL, RUN_DIR
-    from sweep.task import SweepTrial
+    from sweep.sweeper.task import SweepTrial
 
     cfg = make_cfg("data=digits", "trainer.epochs=4")
     with pytest.raises(KeyboardInterrupt):  # the worker dies in epoch 2, its last.pt from epoch 1
@@ -116,7 +116,7 @@ def test_a_foreign_or_damaged_last_checkpoint_is_not_trusted(make_cfg, tmp_path,
 
 
 def test_precision_auto_records_what_it_chose(make_cfg, tmp_path):
-    from sweep.device import bf16_native
+    from sweep.mlp.device import bf16_native
 
     metrics = train(make_cfg("data=digits", "trainer.epochs=1", "trainer.device=cpu"), tmp_path)
     expected = "bf16" if bf16_native(torch.device("cpu"), tmp_path / "cache") else "fp32"
@@ -125,9 +125,9 @@ def test_precision_auto_records_what_it_chose(make_cfg, tmp_path):
 
 
 def test_forced_bf16_without_native_support_warns_once(make_cfg, tmp_path, caplog, monkeypatch):
-    import sweep.device
+    import sweep.mlp.device
 
-    monkeypatch.setattr(sweep.device, "bf16_native", lambda device, cache_dir=None: False)
+    monkeypatch.setattr(sweep.mlp.device, "bf16_native", lambda device, cache_dir=None: False)
     metrics = train(make_cfg("data=digits", "trainer.epochs=1", "trainer.precision=bf16"), tmp_path)
     assert metrics["precision"] == "bf16"
     warnings = [r for r in caplog.records if "no native bf16" in r.getMessage()]

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 import sweep
 from helpers import EXAMPLES, run_app
-from sweep.space import SearchSpace
+from sweep.sweeper.space import SearchSpace
 
 
 def run_example(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -224,7 +224,7 @@ if __name__ == "__main__":
 
 
 def test_a_minimize_study_is_ranked_and_plotted_the_right_way_round(tmp_path):
-    from sweep import report
+    from sweep.sweeper import report
 
     study = optuna.create_study(direction="minimize")
     for loss in (3.0, 1.0, 2.0):
@@ -235,7 +235,7 @@ def test_a_minimize_study_is_ranked_and_plotted_the_right_way_round(tmp_path):
     table = report.write_report(study, tmp_path)
     assert table["value"].tolist() == [1.0, 2.0, 3.0]
     assert report.best_so_far(study.trials, maximize=False)["best"].tolist() == [3.0, 1.0, 1.0]
-    from sweep.summary import pruning_savings
+    from sweep.sweeper.summary import pruning_savings
 
     assert pruning_savings(study.trials, study.trials) == (0, 9)
     assert pruning_savings(study.trials, study.trials, max_resource=5) == (0, 15)

@@ -1,10 +1,15 @@
-"""Hydra's own launcher test suites, run against the pool launcher (as Hydra's joblib and submitit plugins run them)."""
+"""Hydra's own launcher test suites, run against the pool launcher (as Hydra's joblib and submitit plugins run them);
+tests/extras runs them against ray_pool and slurm_pool."""
 
 import pytest
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper
-from hydra.test_utils.launcher_common_tests import IntegrationTestSuite, LauncherTestSuite
+from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, IntegrationTestSuite, LauncherTestSuite
+
+# Hydra's plugins register their configs (hydra/sweeper/basic among them) when first scanned. The suites restore
+# Hydra's singletons to what they were before each test, so the scan must come first, whatever test runs first.
+Plugins.instance().discover(Sweeper)
 
 
 def test_hydra_discovers_the_sweeper_and_every_launcher():
@@ -14,8 +19,13 @@ def test_hydra_discovers_the_sweeper_and_every_launcher():
     assert sorted(c.__name__ for c in launchers) == ["PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher"]
 
 
-@pytest.mark.parametrize("launcher_name, overrides", [("pool", ["hydra.launcher.n_jobs=2"])])
+@pytest.mark.parametrize("launcher_name, overrides", [("pool", [])])
 class TestPoolLauncher(LauncherTestSuite):
+    pass
+
+
+@pytest.mark.parametrize("launcher_name, overrides", [("pool", ["hydra.sweeper.max_batch_size=2"])])
+class TestPoolLauncherBatched(BatchedSweeperTestSuite):
     pass
 
 

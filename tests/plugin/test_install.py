@@ -28,7 +28,8 @@ def test_the_wheel_carries_the_plugin_and_its_configs_and_imports_no_torch(tmp_p
     where = run("-c", """
 import json, sys, importlib.metadata as m
 import sweep, hydra_plugins.sweep_plugin
-import sweep.sweeper, sweep.scheduler, sweep.report, sweep.pool, sweep.ray_pool, sweep.slurm_pool, sweep.task
+import sweep.sweeper.core, sweep.sweeper.scheduler, sweep.sweeper.report, sweep.sweeper.task, sweep.report
+import sweep.launchers.pool, sweep.launchers.ray_pool, sweep.launchers.slurm_pool
 from hydra.core.plugins import Plugins
 from hydra.plugins.launcher import Launcher
 from hydra.plugins.sweeper import Sweeper

@@ -84,26 +84,31 @@ def test_gpu_slots_pin_each_worker_and_never_overload_a_gpu(tmp_path):
     assert "Starting 4 worker process(es) on GPU(s) 0,1, 2 trial(s) per GPU" in result.stdout + result.stderr
 
 
-def test_fewer_workers_than_gpu_slots_still_spread_over_the_gpus(monkeypatch):
-    from omegaconf import OmegaConf
+def test_the_sweeper_asks_for_workers_and_the_pool_answers_with_its_slots(monkeypatch):
+    from sweep.launchers.pool import PoolLauncher, visible_gpus
 
-    from sweep.pool import PoolLauncher, visible_gpus
-
-    config = OmegaConf.create({"hydra": {"sweeper": {"n_jobs": 2}, "sweep": {"dir": "x"}}})
-    pool = PoolLauncher(n_jobs=3, gpus=[0, 1], trials_per_gpu=2)
-    pool.setup(hydra_context=None, task_function=len, config=config)
+    pool = PoolLauncher(gpus=[0, 1], trials_per_gpu=2)
+    pool.plan(3)  # fewer than the GPU slots: still spread over the GPUs
     assert pool.slots == 3 and pool.slot_gpus == ["0", "1", "0"]
+    pool.plan(8)  # more than the GPU slots: the GPUs' capacity wins
+    assert pool.slots == 4
+    pool.plan(None)  # null: the whole capacity
+    assert pool.slots == 4
+    pool.plan(None, at_most=1)  # never more workers than trials
+    assert pool.slots == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     auto = PoolLauncher()  # gpus: null means every visible GPU
-    auto.setup(hydra_context=None, task_function=len, config=config)
+    auto.plan(None)
     assert auto.slot_gpus == ["2", "3"] and auto.threads >= 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     monkeypatch.setenv("PATH", "/nonexistent")  # no nvidia-smi: a machine without NVIDIA's driver
     cpu = PoolLauncher()
-    cpu.setup(hydra_context=None, task_function=len, config=config)
-    assert cpu.slot_gpus == ["", ""] and cpu.slots == 2  # the sweeper's n_jobs, on CPUs
+    cpu.plan(None)
+    assert cpu.slot_gpus == ["", ""] and cpu.slots == 2  # no capacity on CPUs: 2, as upstream's n_jobs
+    cpu.plan(40, at_most=2)  # 40 asked, 2 trials: 2 workers
+    assert cpu.slots == 2
 
 
 def test_a_killed_worker_costs_one_trial_and_its_replacement_takes_the_same_gpu(tmp_path):
@@ -215,7 +220,7 @@ def test_a_worker_whose_sweep_goes_away_while_it_starts_exits_without_a_word(cap
     # user's terminal, where the sweep's last line must stay its own one-line error.
     import multiprocessing
 
-    from sweep.pool import _stop_fork_server, _worker_main
+    from sweep.launchers.pool import _stop_fork_server, _worker_main
 
     ctx = multiprocessing.get_context("spawn")
     here, there = ctx.Pipe()

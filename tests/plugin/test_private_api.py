@@ -9,7 +9,7 @@ from hydra.core.utils import JobReturn, JobStatus
 
 
 def test_a_failed_jobs_exception_is_still_where_sweep_launcher_reads_it():
-    from sweep.launcher import job_error
+    from sweep.launchers.job import job_error
 
     error = RuntimeError("boom")
     assert job_error(JobReturn(status=JobStatus.FAILED, _return_value=error)) is error
@@ -19,7 +19,7 @@ def test_a_failed_jobs_exception_is_still_where_sweep_launcher_reads_it():
 def test_multiprocessing_can_still_stop_its_fork_server_and_resource_tracker():
     from multiprocessing import forkserver, resource_tracker
 
-    from sweep.pool import _stop_fork_server
+    from sweep.launchers.pool import _stop_fork_server
 
     ctx = multiprocessing.get_context("forkserver")
     proc = ctx.Process(target=os.getpid)
@@ -43,7 +43,7 @@ def _state(pid: int) -> str:
 
 
 def test_optunas_journal_lock_is_still_a_symlink_named_after_the_journal(tmp_path):
-    # sweep.storage.journal_lock gives Optuna < 4.3 a stale-lock rule on this same file, so both can share a journal.
+    # sweep.sweeper.storage.journal_lock gives Optuna < 4.3 a stale-lock rule on this same file, so both can share a journal.
     from optuna.storages.journal import JournalFileSymlinkLock
 
     journal = tmp_path / "study.log"

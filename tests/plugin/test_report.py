@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from helpers import run_app, run_cli
-from sweep import report
+from sweep.sweeper import report
 
 METRIC = "score"  # the test app's metric_names
 

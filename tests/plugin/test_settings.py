@@ -10,14 +10,15 @@ from omegaconf import OmegaConf
 
 from helpers import assert_one_line_error, run_app
 from sweep.errors import UserError
-from sweep.space import SearchSpace
+from sweep.sweeper.space import SearchSpace
 
 
 @pytest.mark.parametrize("args, fragments", [
     (["hydra.launcher.gpus=abc"], ["hydra.launcher.gpus='abc' is invalid", "a list of device ids such as [0,1]"]),
     (["hydra.launcher.gpus=[0,-1]"], ["hydra.launcher.gpus=[0, -1] is invalid"]),
     (["hydra.launcher.trials_per_gpu=0"], ["hydra.launcher.trials_per_gpu=0 is invalid: expected an integer >= 1"]),
-    (["+hydra.launcher.foo=1"], ["hydra.launcher.foo is not a setting of this launcher", "trials_per_gpu"]),
+    (["+hydra.launcher.foo=1"], ["hydra.launcher.foo is not a setting of hydra/launcher=pool", "trials_per_gpu"]),
+    (["+hydra.launcher.n_jobs=3"], ["hydra.launcher.n_jobs is not a setting", "hydra.sweeper.n_jobs"]),
     (["+hydra.sweeper.foo=1"], ["hydra.sweeper.foo is not a setting of the sweep sweeper", "n_trials"]),
     (["hydra.sweeper.direction=sideways"], ["hydra.sweeper.direction='sideways' is invalid"]),
     (["hydra.sweeper.storage=null"], ["hydra.sweeper.storage=null", "hydra/launcher=pool cannot reach"]),
@@ -48,7 +49,7 @@ def test_bad_settings_on_the_command_line(tmp_path, args, fragments):
     ({"study_name": " "}, "hydra.sweeper.study_name=' ' is invalid"),
 ])
 def test_bad_sweeper_settings_are_named(settings, fragment):
-    from sweep.sweeper import SweepImpl
+    from sweep.sweeper.core import SweepImpl
 
     settings = {"sampler": {"_target_": "optuna.samplers.RandomSampler"}, **settings}
     settings = {k: OmegaConf.create(v) if isinstance(v, dict) else v for k, v in settings.items()}
@@ -88,8 +89,8 @@ def test_values_that_would_change_type_in_an_override_are_quoted():
 def test_ray_and_submitit_missing_are_named(monkeypatch):
     import importlib.util
 
-    from sweep.ray_pool import RayPoolLauncher
-    from sweep.slurm_pool import SlurmPoolLauncher
+    from sweep.launchers.ray_pool import RayPoolLauncher
+    from sweep.launchers.slurm_pool import SlurmPoolLauncher
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name in ("ray", "submitit") else real(name, *a))

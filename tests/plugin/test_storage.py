@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from helpers import assert_one_line_error, run_app, run_cli
-from sweep import storage as st
+from sweep.sweeper import storage as st
 from sweep.errors import UserError
 
 SECRET = "S3cr@t/pa:ss%41"

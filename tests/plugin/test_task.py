@@ -9,8 +9,8 @@ import optuna
 import pytest
 from optuna.distributions import FloatDistribution
 
-from sweep import storage as st
-from sweep.task import CompletedTrials, SweepTrial
+from sweep.sweeper import storage as st
+from sweep.sweeper.task import CompletedTrials, SweepTrial
 
 
 def _study(tmp_path, pruner, curves):

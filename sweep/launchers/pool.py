@@ -25,13 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from sweep.errors import UserError
-from sweep.launcher import AsyncLauncher, JobFuture, Outcome, Payload, WorkerDied, cpu_cores, run_job
+from sweep.checks import validate
+from sweep.launchers.job import Payload, run_job
+from sweep.launchers.protocol import AsyncLauncher, JobFuture, Outcome, WorkerDied, announce, cpu_cores, slots_for
+from sweep.settings import PoolLauncherConf
 
 log = logging.getLogger(__name__)
-
-
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def visible_gpus() -> list[str]:
@@ -77,23 +76,11 @@ def _stop_fork_server() -> None:
 
 
 class PoolLauncher(AsyncLauncher):
-    def __init__(self, n_jobs: Any = None, gpus: Any = None, trials_per_gpu: Any = 1, threads_per_job: Any = None,
-                 console: Any = "file") -> None:
-        gpu_list = list(gpus) if gpus is not None and not isinstance(gpus, (str, bytes)) and hasattr(gpus, "__iter__") else gpus
-        for key, value, ok, allowed in [
-            ("n_jobs", n_jobs, n_jobs is None or _count(n_jobs), "null or an integer >= 1"),
-            ("gpus", gpus, gpus is None or (isinstance(gpu_list, list) and all(
-                isinstance(g, int) and not isinstance(g, bool) and g >= 0 for g in gpu_list)),
-             "null (every visible GPU), [] (CPU only) or a list of device ids such as [0,1]"),
-            ("trials_per_gpu", trials_per_gpu, _count(trials_per_gpu), "an integer >= 1"),
-            ("threads_per_job", threads_per_job, threads_per_job is None or _count(threads_per_job),
-             "null or an integer >= 1"),
-            ("console", console, console in ("file", "terminal"), "file or terminal"),
-        ]:
-            if not ok:
-                raise UserError(f"hydra.launcher.{key}={value!r} is invalid: expected {allowed}")
-        self.n_jobs, self.trials_per_gpu, self.threads_per_job, self.console = n_jobs, trials_per_gpu, threads_per_job, console
-        self.gpus = None if gpus is None else [str(g) for g in gpu_list]
+    def __init__(self, **settings: Any) -> None:
+        validate("hydra.launcher", PoolLauncherConf, settings, "hydra/launcher=pool")
+        conf = PoolLauncherConf(**settings)
+        self.trials_per_gpu, self.threads_per_job, self.console = conf.trials_per_gpu, conf.threads_per_job, conf.console
+        self.gpus = None if conf.gpus is None else [str(g) for g in conf.gpus]
         self._jobs: queue.Queue = queue.Queue()
         self._threads: list[threading.Thread] = []
         self._workers: dict[int, Any] = {}  # slot -> (process, connection)
@@ -103,30 +90,18 @@ class PoolLauncher(AsyncLauncher):
         self._lifeline = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from omegaconf import OmegaConf
-
         self.config = config
         task = inspect.unwrap(task_function)  # the app's own function, not the sweeper's guard around it
         self._task_module = sys.modules.get(getattr(task, "__module__", ""), None)
-        gpus = visible_gpus() if self.gpus is None else self.gpus
-        if gpus:
-            wanted = len(gpus) * self.trials_per_gpu
-            self.slots = min(wanted, self.n_jobs) if self.n_jobs else wanted
-            # Round-robin: with fewer workers than GPU slots, the trials still spread over the GPUs.
-            self.slot_gpus = [gpus[i % len(gpus)] for i in range(self.slots)]
-        else:
-            sweeper_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=1)
-            self.slots = self.n_jobs or (sweeper_jobs if _count(sweeper_jobs) else 1)
-            self.slot_gpus = [""] * self.slots  # CPU only: no trial piles onto a GPU it was not given
-        # Workers share the cores: k workers x threads <= cores, so parallel trials don't fight over them.
-        self.threads = self.threads_per_job or max(1, cpu_cores() // self.slots)
         self._payload = Payload.of(hydra_context, config, task_function)
 
-    def start(self) -> None:
-        """Start the workers; they warm up (imports, the task's module) while the sweeper prepares."""
+    def start(self, n_jobs: int | None, at_most: int | None = None) -> None:
+        """Start the workers: as many as the sweeper asks, within len(gpus) x trials_per_gpu on GPUs. They warm up
+        (imports, the task's module) while the sweeper prepares."""
         global _pools_running
         if self._threads:
             return
+        self.plan(n_jobs, at_most)
         folder = Path(str(self.config.hydra.sweep.dir))
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -144,11 +119,19 @@ class PoolLauncher(AsyncLauncher):
             thread.start()
             self._threads.append(thread)
 
+    def plan(self, n_jobs: int | None, at_most: int | None = None) -> None:
+        """The slots, the GPU of each, and the threads of each worker."""
+        gpus = visible_gpus() if self.gpus is None else self.gpus
+        self.slots = slots_for(n_jobs, len(gpus) * self.trials_per_gpu if gpus else None, at_most)
+        # Round-robin: with fewer workers than GPU slots, the trials still spread over the GPUs; on CPUs no trial
+        # piles onto a GPU it was not given.
+        self.slot_gpus = [gpus[i % len(gpus)] for i in range(self.slots)] if gpus else [""] * self.slots
+        # Workers share the cores: k workers x threads <= cores, so parallel trials don't fight over them.
+        self.threads = self.threads_per_job or max(1, cpu_cores() // self.slots)
+
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
         """Queue one job; the future's result is its Outcome, or WorkerDied."""
-        self.start()
-        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]  # the job's own overrides
-        log.info("\t#%d : %s", job_idx, " ".join(shown))
+        announce(job_idx, overrides)
         future = JobFuture()
         self._jobs.put((future, job_idx, list(overrides)))
         return future
@@ -192,6 +175,7 @@ class PoolLauncher(AsyncLauncher):
                 self._lifeline[1].close()
                 self._lifeline = None
         self._threads = []
+        self.slots = 0
         self._closing = False
         with _pools_lock:
             _pools_running -= 1
@@ -217,7 +201,7 @@ class PoolLauncher(AsyncLauncher):
         # The task's module, and what every job needs: Optuna and the storage's database layer, imported once. A
         # torch task's first optimizer imports torch._dynamo (1.3 s on this project's machine): once, here, too.
         heavy = ["torch._dynamo"] if "torch" in sys.modules else []
-        ctx.set_forkserver_preload([m for m in (module, "sweep.launcher", "sweep.task", "sweep.storage", "optuna",
+        ctx.set_forkserver_preload([m for m in (module, "sweep.launchers.job", "sweep.sweeper.task", "sweep.sweeper.storage", "optuna",
                                                 "sqlalchemy", "cloudpickle", "tblib", *heavy) if m])
         # A worker forked from the server re-runs a `python -m` main module that the server already imported,
         # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.

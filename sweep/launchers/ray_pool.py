@@ -18,33 +18,23 @@ from concurrent.futures import Future
 from typing import Any, Sequence
 
 from sweep.errors import UserError, first_line
-from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, cpu_cores, run_job
+from sweep.checks import validate
+from sweep.redact import redact
+from sweep.launchers.job import Payload, run_job
+from sweep.launchers.protocol import AsyncLauncher, Outcome, WorkerDied, announce, cpu_cores, slots_for
+from sweep.settings import RayPoolLauncherConf
 
 log = logging.getLogger(__name__)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-
-
 class RayPoolLauncher(AsyncLauncher):
-    def __init__(self, address: Any = None, n_jobs: Any = None, num_cpus_per_trial: Any = 1,
-                 num_gpus_per_trial: Any = 0, console: Any = "file") -> None:
-        for key, value, ok, allowed in [
-            ("address", address, address is None or (isinstance(address, str) and address.strip() != ""),
-             "null (start a local Ray), auto, or host:port of a running cluster"),
-            ("n_jobs", n_jobs, n_jobs is None or (isinstance(n_jobs, int) and not isinstance(n_jobs, bool)
-                                                  and n_jobs >= 1), "null or an integer >= 1"),
-            ("num_cpus_per_trial", num_cpus_per_trial, _number(num_cpus_per_trial), "a number >= 0"),
-            ("num_gpus_per_trial", num_gpus_per_trial, _number(num_gpus_per_trial), "a number >= 0"),
-            ("console", console, console in ("file", "terminal"), "file or terminal"),
-        ]:
-            if not ok:
-                raise UserError(f"hydra.launcher.{key}={value!r} is invalid: expected {allowed}")
+    def __init__(self, **settings: Any) -> None:
+        validate("hydra.launcher", RayPoolLauncherConf, settings, "hydra/launcher=ray_pool")
         if importlib.util.find_spec("ray") is None:
             raise UserError("hydra/launcher=ray_pool needs Ray, which is not installed here: pip install 'sweep[ray]'")
-        self.address, self.n_jobs, self.console = address, n_jobs, console
-        self.cpus, self.gpus = num_cpus_per_trial, num_gpus_per_trial
+        conf = RayPoolLauncherConf(**settings)
+        self.address, self.console = conf.address, conf.console
+        self.cpus, self.gpus = conf.num_cpus_per_trial, conf.num_gpus_per_trial
         self._refs: dict[Any, Future] = {}
         self._lock = threading.Lock()
         self._started_ray = False
@@ -54,7 +44,8 @@ class RayPoolLauncher(AsyncLauncher):
         self.config = config
         self._payload = Payload.of(hydra_context, config, task_function)
 
-    def start(self) -> None:
+    def start(self, n_jobs: int | None, at_most: int | None = None) -> None:
+        """Join (or start) Ray; the slots are what the sweeper asks, within what the cluster's resources fit now."""
         import ray
 
         if self._remote is not None:
@@ -62,7 +53,7 @@ class RayPoolLauncher(AsyncLauncher):
         if not ray.is_initialized():
             why = _unreachable(self.address)
             if why:  # Ray itself would retry for minutes
-                raise UserError(f"hydra.launcher.address={self.address!r}: no Ray cluster answers there ({why}); "
+                raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: no Ray cluster answers there ({why}); "
                                 "start one with `ray start --head` and give its address, or set address=null for a "
                                 "local Ray")
             options: dict[str, Any] = dict(address=self.address, include_dashboard=False,
@@ -72,17 +63,17 @@ class RayPoolLauncher(AsyncLauncher):
             try:
                 ray.init(**options)
             except Exception as e:  # nothing listens there, or a version mismatch
-                raise UserError(f"hydra.launcher.address={self.address!r}: cannot reach a Ray cluster there "
-                                f"({first_line(e)}); start one with `ray start --head`, or set address=null for a "
+                raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: cannot reach a Ray cluster there "
+                                f"({redact(first_line(e))}); start one with `ray start --head`, or set address=null for a "
                                 "local Ray") from None
             self._started_ray = True
         resources = ray.cluster_resources()
-        if self.n_jobs is not None:
-            self.slots = self.n_jobs
-        else:  # as many trials as the cluster's resources fit now
-            fits = [resources.get("CPU", 0) / self.cpus if self.cpus else math.inf,
-                    resources.get("GPU", 0) / self.gpus if self.gpus else math.inf]
-            self.slots = max(1, int(min(fits))) if min(fits) < math.inf else cpu_cores()
+        fits = min(resources.get("CPU", 0) / self.cpus if self.cpus else math.inf,
+                   resources.get("GPU", 0) / self.gpus if self.gpus else math.inf)
+        self.slots = slots_for(n_jobs, max(1, int(fits)) if fits < math.inf else cpu_cores(), at_most)
+        if self.cpus and resources.get("CPU", 0) < self.cpus:  # Ray would wait for such a node forever
+            raise UserError(f"hydra.launcher.num_cpus_per_trial={self.cpus:g}: the Ray cluster has "
+                            f"{resources.get('CPU', 0):g} CPU(s); lower it or join a larger cluster")
         if self.gpus and resources.get("GPU", 0) < self.gpus:
             raise UserError(f"hydra.launcher.num_gpus_per_trial={self.gpus}: the Ray cluster has "
                             f"{resources.get('GPU', 0):g} GPU(s); lower it or join a cluster with GPUs")
@@ -95,9 +86,7 @@ class RayPoolLauncher(AsyncLauncher):
                                                      retry_exceptions=False)
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
-        self.start()
-        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
-        log.info("\t#%d : %s", job_idx, " ".join(shown))
+        announce(job_idx, overrides)
         ref = self._remote.remote(self._payload_ref, job_idx, list(overrides), self.console)
         future: Future = Future()
         future.set_running_or_notify_cancel()
@@ -130,14 +119,14 @@ class RayPoolLauncher(AsyncLauncher):
             ray.wait(refs, num_returns=len(refs), timeout=30)
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
-        self._started_ray, self._remote = False, None
+        self._started_ray, self._remote, self.slots = False, None, 0
 
 
 def _unreachable(address: str | None) -> str | None:
     """Why nothing listens at a cluster's host:port, or None (None too for a local Ray and for auto)."""
     if address is None or address == "auto":
         return None
-    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    host, _, port = address.split("://", 1)[-1].rpartition("@")[2].rpartition(":")
     if not port.isdigit():
         return "expected auto or host:port"
     try:

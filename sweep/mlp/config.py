@@ -1,7 +1,7 @@
 """Config checks for the MLP app: every mistake a user can make in a config is caught here, in one line.
 
 The sweeper runs check_sweep on the configs at the edges of a search space before any trial (conf/config.yaml
-sets hydra.sweeper.check: sweep.config.check_sweep): the settings, and whether the data can be had at all.
+sets hydra.sweeper.check: sweep.mlp.config.check_sweep): the settings, and whether the data can be had at all.
 """
 
 from __future__ import annotations
@@ -24,12 +24,16 @@ def _mlp_layers(width, depth) -> list:
     return [f"{width} x {depth}"]
 
 
-# Lets conf/model/mlp.yaml build hidden_sizes from the scalar knobs sweeps vary. omegaconf 2.4 calls this
-# register_resolver; in 2.3 that name is an older API, and the call is register_new_resolver.
-if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
-    OmegaConf.register_resolver("mlp_layers", _mlp_layers, replace=True)
-else:
-    OmegaConf.register_new_resolver("mlp_layers", _mlp_layers, replace=True)
+def register_resolvers() -> None:
+    """${mlp_layers:width,depth}: conf/model/mlp.yaml builds hidden_sizes from the scalar knobs sweeps vary. Called
+    where a config is read (the task, its checks, evaluate), not on import. omegaconf 2.4 calls this
+    register_resolver; in 2.3 that name is an older API, and the call is register_new_resolver."""
+    if OmegaConf.has_resolver("mlp_layers"):
+        return
+    if tuple(int(x) for x in omegaconf.__version__.split(".")[:2]) >= (2, 4):
+        OmegaConf.register_resolver("mlp_layers", _mlp_layers, replace=True)
+    else:
+        OmegaConf.register_new_resolver("mlp_layers", _mlp_layers, replace=True)
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh")
 NORMS = ("none", "batch", "layer")
@@ -77,6 +81,7 @@ def _flag(cfg: DictConfig, key: str) -> None:
 
 def check_config(cfg: DictConfig) -> None:
     """Raise UserError naming the first setting that is missing, unknown or out of range."""
+    register_resolvers()
     for section, keys in KEYS.items():
         if not isinstance(cfg.get(section), DictConfig):
             raise UserError(f"{section} is missing from the config")

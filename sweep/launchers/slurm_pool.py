@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import shutil
 import threading
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Sequence
 
 from sweep.errors import UserError, first_line
-from sweep.launcher import AsyncLauncher, Outcome, Payload, WorkerDied, run_job
+from sweep.checks import validate
+from sweep.launchers.job import Payload, run_job
+from sweep.launchers.protocol import AsyncLauncher, Outcome, WorkerDied, announce, slots_for
+from sweep.settings import SlurmPoolLauncherConf
 
 log = logging.getLogger(__name__)
 COMMON = {"timeout_min", "cpus_per_task", "gpus_per_node", "tasks_per_node", "mem_gb", "nodes", "name"}  # submitit's own
@@ -24,44 +28,36 @@ POLL_SECONDS = 1.0  # how often running jobs are checked (submitit caches SLURM'
 
 
 class SlurmPoolLauncher(AsyncLauncher):
-    def __init__(self, executor: Any = "slurm", n_jobs: Any = None, submitit_folder: Any = None,
-                 **settings: Any) -> None:
-        if executor not in ("slurm", "local"):
-            raise UserError(f"hydra.launcher.executor={executor!r} is invalid: expected slurm or local")
-        if n_jobs is not None and not (isinstance(n_jobs, int) and not isinstance(n_jobs, bool) and n_jobs >= 1):
-            raise UserError(f"hydra.launcher.n_jobs={n_jobs!r} is invalid: expected null or an integer >= 1")
-        timeout = settings.get("timeout_min", 60)
-        if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and timeout > 0):
-            raise UserError(f"hydra.launcher.timeout_min={timeout!r} is invalid: expected minutes > 0")
+    def __init__(self, **settings: Any) -> None:
+        validate("hydra.launcher", SlurmPoolLauncherConf, settings, "hydra/launcher=slurm_pool")
         if importlib.util.find_spec("submitit") is None:
             raise UserError("hydra/launcher=slurm_pool needs submitit, which is not installed here: "
                             "pip install 'sweep[slurm]'")
-        self.executor_name, self.n_jobs, self.folder = executor, n_jobs, submitit_folder
-        self.settings = {k: v for k, v in settings.items() if v is not None}
+        conf = {**vars(SlurmPoolLauncherConf()), **settings}
+        conf.pop("_target_", None)
+        self.executor_name, self.folder = conf.pop("executor"), conf.pop("submitit_folder")
+        self.settings = {k: v for k, v in conf.items() if v is not None}
         self._jobs: dict[Any, tuple[Future, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._executor = None
+        self._executor, self.slots = None, 0
         self._watcher: threading.Thread | None = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
-        from omegaconf import OmegaConf
-
         self.config = config
         self._payload = Payload.of(hydra_context, config, task_function)
-        if self.n_jobs is None:
-            sweeper_jobs = OmegaConf.select(config, "hydra.sweeper.n_jobs", default=None)
-            self.slots = sweeper_jobs if isinstance(sweeper_jobs, int) and sweeper_jobs >= 1 else 1
-        else:
-            self.slots = self.n_jobs
 
-    def start(self) -> None:
+    def start(self, n_jobs: int | None, at_most: int | None = None) -> None:
         import submitit
         from omegaconf import OmegaConf
 
         if self._executor is not None:
             return
+        self.slots = slots_for(n_jobs, None, at_most)
         name = self.executor_name
+        if name == "slurm" and shutil.which("srun") is None:
+            raise UserError("hydra.launcher.executor=slurm: this machine has no SLURM (no srun on the PATH); run "
+                            "the sweep on a SLURM login node, or set hydra.launcher.executor=local")
         folder = self.folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
         # No requeueing by submitit: a timed-out or preempted job fails its trial, and the sweeper's retries decide.
         executor = submitit.AutoExecutor(folder=folder, cluster=name, **{f"{name}_max_num_timeout": 0})
@@ -79,14 +75,13 @@ class SlurmPoolLauncher(AsyncLauncher):
         except Exception as e:
             raise UserError(f"hydra/launcher=slurm_pool: {first_line(e)}") from None
         self._executor = executor
+        self._stop.clear()  # started again after a shutdown (Hydra's basic sweeper, batch after batch)
         log.info("submitit %s executor: one job per trial, %d at a time; job files in %s", name, self.slots,
                  folder.replace("%j", "<job id>"))
         self._watcher = threading.Thread(target=self._watch, daemon=True, name="slurm-pool-watch")
         self._watcher.start()
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
-        self.start()
-        shown = [o for o in overrides if not o.lstrip("+~").startswith("hydra.")]
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
@@ -94,7 +89,7 @@ class SlurmPoolLauncher(AsyncLauncher):
         except Exception as e:  # sbatch refused it: a bad partition, no such account
             future.set_exception(UserError(f"hydra/launcher=slurm_pool: the job was not accepted: {first_line(e)}"))
             return future
-        log.info("\t#%d : %s (job %s)", job_idx, " ".join(shown), job.job_id)
+        announce(job_idx, overrides, f" (job {job.job_id})")
         with self._lock:
             self._jobs[job] = (future, job_idx)
         return future
@@ -133,7 +128,7 @@ class SlurmPoolLauncher(AsyncLauncher):
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=10)
-        self._executor = None
+        self._executor, self.slots = None, 0
 
 
 def _submitit_job(payload: bytes, idx: int, overrides: list[str]) -> Outcome:

@@ -14,6 +14,7 @@ and the summary (summary.py).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import MISSING as MISSING_FIELD
 from pathlib import Path
 from typing import Any
 
@@ -30,28 +32,16 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from optuna.distributions import CategoricalDistribution
 
 from sweep import atomic
-from sweep import storage as st
-from sweep import task
+from sweep.sweeper import storage as st
+from sweep.sweeper import task
 from sweep.attrs import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
-from sweep.launcher import AsyncLauncher, BatchAdapter
-from sweep.plugin import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
-from sweep.space import SearchSpace
+from sweep.launchers.protocol import BatchAdapter, TrialLauncher
+from sweep.checks import names, plain as _plain, validate
+from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
+from sweep.sweeper.space import SearchSpace
 
 log = logging.getLogger(__name__)
-SETTINGS = [f for f in SweeperConf.__dataclass_fields__ if not f.startswith("_") and f != "defaults"]
-
-
-def _integer(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _seconds(v) -> bool:
-    return v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 and math.isfinite(v))
-
-
-def _plain(value: Any) -> Any:
-    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
 def directions_of(direction: Any) -> list[str]:
@@ -83,35 +73,18 @@ class GuardedTask:
 
 
 class SweepImpl:
-    def __init__(self, sampler: Any = None, direction: Any = "minimize", storage: Any = None,
-                 study_name: Any = None, n_trials: Any = 20, n_jobs: Any = 2, max_failure_rate: Any = 0.0,
-                 params: Any = None, custom_search_space: Any = None, pruner: Any = None, metric_names: Any = None,
-                 check: Any = None, timeout: Any = None, time_budget: Any = None, retries: Any = 0,
-                 heartbeat_interval: Any = 30, grace_period: Any = 120, report: Any = True, enqueue: Any = None,
-                 **unknown: Any) -> None:
-        if unknown:
-            name = sorted(unknown)[0]
-            raise UserError(f"hydra.sweeper.{name} is not a setting of the sweep sweeper; it has "
-                            f"{', '.join(SETTINGS)}")
-        for key, value, ok, allowed in [
-            ("n_trials", n_trials, _integer(n_trials) and n_trials >= 1, "an integer >= 1"),
-            ("n_jobs", n_jobs, _integer(n_jobs) and n_jobs >= 1, "an integer >= 1"),
-            ("max_failure_rate", max_failure_rate, isinstance(max_failure_rate, (int, float))
-             and not isinstance(max_failure_rate, bool) and 0 <= max_failure_rate <= 1, "a number in [0, 1]"),
-            ("retries", retries, _integer(retries) and retries >= 0, "an integer >= 0"),
-            ("timeout", timeout, _seconds(timeout), "null or seconds > 0"),
-            ("time_budget", time_budget, _seconds(time_budget), "null or seconds > 0"),
-            ("heartbeat_interval", heartbeat_interval, _integer(heartbeat_interval) and heartbeat_interval >= 1,
-             "an integer >= 1 (seconds)"),
-            ("grace_period", grace_period, _integer(grace_period) and grace_period >= 1, "an integer >= 1 (seconds)"),
-            ("report", report, isinstance(report, bool), "true or false"),
-            ("study_name", study_name, study_name is None or (isinstance(study_name, str) and study_name.strip() != ""),
-             "null or a non-empty name"),
-            ("params", params, params is None or isinstance(params, (dict, DictConfig)),
-             "null or a mapping of key: search space"),
-        ]:
-            if not ok:
-                raise UserError(f"hydra.sweeper.{key}={shorten(repr(_plain(value)), 200)} is invalid: expected {allowed}")
+    def __init__(self, **settings: Any) -> None:
+        validate("hydra.sweeper", SweeperConf, settings, "the sweep sweeper")
+        conf = {f.name: f.default if f.default is not MISSING_FIELD else f.default_factory()
+                for f in dataclasses.fields(SweeperConf) if f.name in names(SweeperConf)}
+        conf.update(sampler=None, pruner=None)  # Hydra's config groups fill these
+        conf.update(settings)
+        self._init(**conf)
+
+    def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
+              max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
+              check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
+              report: bool, enqueue: Any) -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -149,8 +122,8 @@ class SweepImpl:
                 raise cause from None
             raise UserError(f"hydra/launcher ({OmegaConf.select(config, 'hydra.launcher._target_')}) cannot be "
                             f"created: {first_line(e)}") from None
-        self.runner = launcher if isinstance(launcher, AsyncLauncher) else BatchAdapter(launcher)
-        if self.spec.kind == "memory" and not self.runner.shares_process and isinstance(launcher, AsyncLauncher):
+        self.runner = launcher if isinstance(launcher, TrialLauncher) else BatchAdapter(launcher)
+        if self.spec.kind == "memory" and not self.runner.in_sweep_process:
             raise UserError("hydra.sweeper.storage=null keeps the study in this process's memory, which the "
                             f"workers of hydra/launcher={_choice(config, 'hydra/launcher') or type(launcher).__name__} "
                             "cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db on one machine, "
@@ -162,7 +135,8 @@ class SweepImpl:
         self.handle = None
         with _own_signals():
             try:
-                self.runner.start()  # workers warm up while the space is checked and the study opened
+                # Workers warm up while the space is checked and the study opened; never more than trials can use.
+                self.runner.start(self.n_jobs, at_most=self.n_trials)
                 _stop_on_sigterm()  # again: an engine's start-up (Ray) may have taken SIGTERM for itself
                 return self._sweep(arguments)
             except KeyboardInterrupt:
@@ -172,9 +146,9 @@ class SweepImpl:
                 self.runner.shutdown(kill=True)
 
     def _sweep(self, arguments: list[str]) -> None:
-        from sweep.scheduler import Limits, LostStorage, Scheduler
-        from sweep.study import StudyHandle
-        from sweep.summary import Progress, finish
+        from sweep.sweeper.scheduler import Limits, LostStorage, Scheduler
+        from sweep.sweeper.study import StudyHandle
+        from sweep.sweeper.summary import Progress, finish
 
         space = SearchSpace.parse(self.params, arguments)
         n_trials = self.n_trials
@@ -192,7 +166,7 @@ class SweepImpl:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self._claim(sweep_dir, handle, earlier)
         task.register(handle.study, handle.backend)
-        n_jobs = self.runner.slots or self.n_jobs
+        n_jobs = self.runner.slots
         log.info("Study %r in %s: %d earlier trial(s); adding %d, %d at a time%s", handle.study.study_name,
                  self.spec, earlier, n_trials, n_jobs,
                  " (in memory: it ends with this sweep and cannot be resumed)" if self.spec.kind == "memory" else "")
@@ -284,6 +258,8 @@ class SweepImpl:
         try:
             return self.hydra_context.config_loader.load_sweep_config(self.config, space.overrides(probe))
         except Exception as e:  # an unknown key, a value of the wrong type: Hydra names it
+            if _interrupted(e):  # Ctrl-C inside Hydra's code can surface as another error raised while handling it
+                raise KeyboardInterrupt from None
             raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
                             f"{first_line(e)}") from None
 
@@ -319,6 +295,14 @@ class SweepImpl:
         raise UserError(f"hydra.sweep.dir={sweep_dir} holds the runs of another study "
                         f"({other.get('study_name') if isinstance(other, dict) else '?'}); its run folders would be "
                         "overwritten. Give this sweep its own hydra.sweep.dir")
+
+
+def _interrupted(e: BaseException | None) -> bool:
+    while e is not None:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def _choice(config: DictConfig, group: str) -> str | None:

@@ -23,9 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sweep.errors import UserError, first_line
+from sweep.redact import MASK, SECRET_KEYS, redact
 
-SECRET_KEYS = re.compile(r"pass|pwd|secret|token|key", re.IGNORECASE)  # query keys whose values are never shown
-MASK = "***"
 ENV_REF = re.compile(r"\$\{oc\.env:([A-Za-z_][A-Za-z0-9_]*)\}")  # ${oc.env:NAME}, with no default
 ANY_REF = re.compile(r"\$\{[^{}]*\}")
 log = logging.getLogger(__name__)
@@ -139,16 +138,6 @@ def parse(value: object, setting: str = "hydra.sweeper.storage", base: Path | No
                    database=fill(url.database), query=query)
     return Storage("rdb", full.render_as_string(hide_password=False), saved=value, shown=shown,
                    secrets=tuple(s for s in secrets if s))
-
-
-def redact(text: str) -> str:
-    """`text` with whatever looks like a URL's password or a secret query value replaced by ***: for text that did
-    not parse, or came from elsewhere. Everything between :// and the netloc's last @ is masked, so a password
-    holding @, / or : leaves nothing of itself."""
-    text = re.sub(r"(://[^/\s:@]*:)[^\s]*@(?=[^@\s]*$|[^@\s/]*[/?\s])", rf"\1{MASK}@", text)
-    text = re.sub(r"(://[^/\s:@]*:)[^\s]*@", rf"\1{MASK}@", text)
-    return re.sub(r"([?&;][^=&\s]*(?:pass|pwd|secret|token|key)[^=&\s]*=)[^&#\s'\"]*", rf"\1{MASK}", text,
-                  flags=re.IGNORECASE)
 
 
 def to_env(saved: str) -> str:

@@ -165,8 +165,8 @@ def trial():
 
 
 def _study(hc):
-    from sweep import storage as st
-    from sweep.plugin import PRUNER_TARGETS, build
+    from sweep.sweeper import storage as st
+    from sweep.settings import PRUNER_TARGETS, build
 
     sw, name = hc.sweeper, os.environ.get(STUDY_ENV) or hc.sweeper.study_name
     if name in _live:

@@ -70,7 +70,7 @@ def cpu_capability() -> str:
 
 def describe() -> str:
     """One line naming the machine, for benchmark headers and metrics."""
-    from sweep.launcher import cpu_cores
+    from sweep.launchers.protocol import cpu_cores
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{cpu_name()} ({cpu_capability()}), {cpu_cores()} cores{gpu}, torch {torch.__version__}, "

@@ -132,7 +132,7 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
     log.info(summary)
     if report and trials:
         try:
-            from sweep.report import print_top, write_report
+            from sweep.sweeper.report import print_top, write_report
 
             print_top(write_report(study, sweep_dir))
         except Exception as e:  # a full disk or a broken plot must not cost the user the sweep's results

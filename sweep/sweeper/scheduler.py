@@ -1,7 +1,8 @@
 """The one scheduling loop: keep the launcher's slots full, and tell the study about each trial as it ends.
 
-With an AsyncLauncher (pool, Ray, SLURM) the next trial is asked for the moment any one ends; a plain Hydra
-launcher is driven through BatchAdapter, where each batch waits for its slowest trial.
+It drives any launcher through the protocol in sweep/launchers/protocol.py, never asking which one it has: with the
+pool, Ray or SLURM the next trial is asked for the moment any one ends; with a plain Hydra launcher (through
+BatchAdapter) each batch waits for its slowest trial.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from optuna.samplers import GridSampler
 from optuna.trial import TrialState
 
 from sweep import attrs
-from sweep import storage as st
+from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line
-from sweep.launcher import BatchAdapter, Outcome, WorkerDied, job_error
-from sweep.study import FINISHED, StudyHandle
+from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied
+from sweep.launchers.job import job_error
+from sweep.sweeper.study import FINISHED, StudyHandle
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0  # how often the loop looks up from waiting: storage watch, time limits
@@ -45,7 +47,7 @@ class Limits:
 @dataclass
 class Scheduler:
     handle: StudyHandle
-    runner: Any  # AsyncLauncher or BatchAdapter
+    runner: TrialLauncher
     limits: Limits
     distributions: dict  # the search space Optuna samples from
     make_job: Callable[[optuna.trial.Trial], list[str]]  # a trial's overrides
@@ -75,8 +77,7 @@ class Scheduler:
             while (self._accepting(stop_asking_at) and len(self.asked) < self._target
                    and len(self.inflight) < limits.n_jobs):
                 self._start_one(deadline)
-            if isinstance(self.runner, BatchAdapter):
-                self.runner.dispatch()
+            self.runner.flush()
             if not self.inflight:
                 break
             done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)

@@ -1,9 +1,5 @@
-"""The launcher protocol the sweeper's scheduler drives, and the job a worker runs, whatever engine it lives in.
-
-A launcher that subclasses AsyncLauncher hands back one future per trial, so the scheduler starts the next
-trial the moment any one ends: the pool (processes on this machine, pinned to GPUs), Ray, and SLURM through
-submitit. Any other Hydra launcher (basic, joblib, ...) is driven in batches through BatchAdapter.
-"""
+"""The job a worker runs, whatever engine it lives in (a pool process, a Ray worker, a SLURM job): the sweep's
+payload, sent once per worker, and one trial run as Hydra's own launchers run it."""
 
 from __future__ import annotations
 
@@ -13,127 +9,13 @@ import socket
 import sys
 import time
 import types
-from abc import abstractmethod
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
-from hydra.plugins.launcher import Launcher
 
-
-@dataclass
-class Outcome:
-    """What came back from one job, and where and when it ran."""
-
-    ret: JobReturn
-    node: str = ""  # Ray's node id under Ray, else the host name
-    gpus: str = ""  # the CUDA_VISIBLE_DEVICES the job was given, "" for none
-    started: float | None = None  # unix time the job started in its worker
-    seconds: float | None = None  # the job's own wall time
-
-
-class JobFuture(Future):
-    """A job's future, which also knows where the job runs ({node, gpus}) as soon as its launcher does."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.where: dict[str, str] = {}
-
-
-class WorkerDied(Exception):
-    """The worker running a trial (a process, a Ray worker or node, a SLURM job) ended without answering. It is the
-    worker's loss, not the configuration's: the trial FAILs with this reason and hydra.sweeper.retries applies."""
-
-    def __init__(self, why: str, node: str = "", gpus: str = ""):
-        super().__init__(why)
-        self.node, self.gpus = node, gpus
-
-
-class AsyncLauncher(Launcher):
-    """A launcher the scheduler refills: submit() returns a future per job, resolved with an Outcome (or raising
-    WorkerDied)."""
-
-    slots: int | None = None  # jobs it runs at once, where it decides (the pool on GPUs); None: hydra.sweeper.n_jobs
-    shares_process: bool = False  # True only if jobs run in the sweep's own process (in-memory storage works)
-
-    def start(self) -> None:
-        """Begin starting workers; called before the sweeper checks the search space and opens the study."""
-
-    @abstractmethod
-    def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
-        ...
-
-    @abstractmethod
-    def shutdown(self, kill: bool = False) -> None:
-        """Stop: let running jobs finish, or (kill) end them now, leaving nothing running."""
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        """Hydra's batch interface, for other sweepers (Hydra's basic one): the jobs' returns in order. Workers are
-        started for the batch and stopped after it."""
-        try:
-            futures = [self.submit(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
-            returns = []
-            for overrides, future in zip(job_overrides, futures):
-                try:
-                    returns.append(future.result().ret)
-                except WorkerDied as e:
-                    returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e))
-            return returns
-        finally:
-            self.shutdown()
-
-
-class BatchAdapter:
-    """Any Hydra launcher, seen through the async protocol: jobs submitted together run as one launch() call
-    when the scheduler dispatches them, so the batch waits for its slowest job."""
-
-    slots = None
-    shares_process = False
-
-    def __init__(self, launcher: Launcher):
-        self.launcher = launcher
-        self._pending: list[tuple[list[str], int, Future]] = []
-
-    def start(self) -> None:
-        pass
-
-    def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
-        future: Future = Future()
-        self._pending.append((list(overrides), job_idx, future))
-        return future
-
-    def dispatch(self) -> None:
-        pending, self._pending = self._pending, []
-        for run in _consecutive(pending):  # job numbers are trial numbers, as Hydra prints them
-            started = time.time()
-            returns = self.launcher.launch([o for o, _, _ in run], initial_job_idx=run[0][1])
-            for (_, _, future), ret in zip(run, returns):
-                future.set_result(Outcome(ret, node=socket.gethostname(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
-                                          started=started, seconds=None))
-
-    def shutdown(self, kill: bool = False) -> None:
-        for _, _, future in self._pending:
-            future.cancel()
-        self._pending = []
-
-
-def _consecutive(jobs: list) -> list[list]:
-    runs: list[list] = []
-    for job in jobs:
-        if runs and job[1] == runs[-1][-1][1] + 1:
-            runs[-1].append(job)
-        else:
-            runs.append([job])
-    return runs
-
-
-def cpu_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-# ------------------------------------------------------------ the job, in whatever worker runs it
+from sweep.launchers.protocol import Outcome
 
 
 @dataclass
@@ -279,4 +161,4 @@ def _picklable(ret: JobReturn) -> JobReturn:
     return ret
 
 
-__all__ = ["AsyncLauncher", "BatchAdapter", "JobFuture", "Outcome", "Payload", "WorkerDied", "cpu_cores", "job_error", "run_job"]
+__all__ = ["Payload", "job_error", "run_job"]

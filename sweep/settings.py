@@ -1,4 +1,5 @@
-"""The configs Hydra sees: the sweeper with its sampler and pruner groups, and the launchers, in Hydra's ConfigStore.
+"""Every setting Hydra sees, in one typed place: the sweeper with its sampler and pruner groups, and the launchers,
+each field with its default and the rule it is checked against (sweep/checks.py), registered in Hydra's ConfigStore.
 
 Hydra imports this at start-up (through hydra_plugins/sweep_plugin), so it stays light: no Optuna, no Ray, no
 torch. After `pip install`, any Hydra app picks the sweeper with one defaults line:
@@ -8,7 +9,12 @@ torch. After `pip install`, any Hydra app picks the sweeper with one defaults li
       - override hydra/launcher: pool        # optional: trials in worker processes, refilled as each one ends
 
 The sampler configs have the fields and defaults of hydra-optuna-sweeper's, so `hydra/sweeper/sampler=...` and
-`hydra.sweeper.sampler.seed=...` mean the same with either sweeper.
+`hydra.sweeper.sampler.seed=...` mean the same with either sweeper. Where a sweeper setting differs from
+upstream's, its comment says so.
+
+How many trials run at once has one owner: hydra.sweeper.n_jobs. The sweeper asks the launcher for that many (never
+more than n_trials), and the launcher answers with its slots, fewer where its capacity is lower; null asks for the
+launcher's whole capacity (sweep/launchers/protocol.py).
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from sweep.checks import (Rule, listish, flag, integer, mapping, number, one_of, optional, seconds, setting,
+                          strings, text)
+
 PLUGIN = "hydra_plugins.sweep_plugin"  # where Hydra 1.3 requires plugin classes to live
+CONSOLE = one_of("file", "terminal")
 
 
 @dataclass
 class SweeperConf:
-    """hydra-optuna-sweeper's settings, with the same meanings and defaults, then ours."""
+    """hydra-optuna-sweeper's settings, with the same meanings and defaults (differences noted), then ours."""
 
     _target_: str = f"{PLUGIN}.OptunaSweeper"
     _recursive_: bool = False  # the sweeper builds its sampler and pruner itself (Hydra 1.3 would do it first)
@@ -32,22 +42,27 @@ class SweeperConf:
     sampler: Any = MISSING
     direction: Any = "minimize"  # minimize | maximize, or a list of them for a multi-objective study
     storage: Any = None  # null: in memory (cannot resume); sqlite:///path.db, journal:///path.log, postgresql://...
-    study_name: Optional[str] = None  # null: Optuna makes one up; same name + same storage = the same study
-    n_trials: Any = 20  # trials this invocation adds (a resumed study gets this many more)
-    n_jobs: Any = 2  # trials in flight at once (a launcher with fixed slots, such as the pool on GPUs, sets its own)
-    max_failure_rate: Any = 0.0  # stop once more than this share of n_trials has failed (0..1)
-    params: Optional[Dict[str, Any]] = None  # the search space: key: choice(...) | range(...) | interval(...) | tag(log, ...)
+    study_name: Any = setting(None, optional(text()))  # null: Optuna makes one up; same name + storage = same study
+    n_trials: Any = setting(20, integer(low=1))  # trials this invocation adds (a resumed study gets this many more)
+    # Trials in flight at once; the launcher may run fewer (its slots). Upstream's default is 2; here null asks for
+    # the launcher's capacity: every GPU slot of the pool, what a Ray cluster fits, else 2.
+    n_jobs: Any = setting(None, optional(integer(low=1), "the launcher's capacity"))
+    # Stop once more than this share of n_trials has failed (0..1). Upstream counts it per batch of n_jobs trials.
+    max_failure_rate: Any = setting(0.0, number(low=0, high=1))
+    # The search space: key: choice(...) | range(...) | interval(...) | tag(log, ...). range(a, b) excludes b, as in
+    # Hydra's own sweeps (upstream includes it).
+    params: Optional[Dict[str, Any]] = setting(None, optional(mapping()))
     custom_search_space: Optional[str] = None  # a function (cfg, trial) that suggests more parameters
     # ---- sweep's own
     pruner: Any = MISSING  # hydra/sweeper/pruner=none|median|halving|hyperband
     metric_names: Optional[List[str]] = None  # names of the objectives, shown by the report and optuna-dashboard
     check: Optional[str] = None  # a function (cfg) run on configs at the edges of the space before any trial
-    timeout: Any = None  # seconds after which no new trial starts (running ones finish); null: no limit
-    time_budget: Any = None  # seconds for the whole sweep: then running trials stop at their next report
-    retries: Any = 0  # times a trial whose worker died is run again (resuming from its checkpoint, if it has one)
-    heartbeat_interval: Any = 30  # seconds between liveness marks of running trials (database storage)
-    grace_period: Any = 120  # seconds without one after which another sweep marks a running trial FAIL
-    report: Any = True  # write report.html, report.csv and plots into the sweep directory at the end
+    timeout: Any = setting(None, optional(seconds()))  # seconds after which no new trial starts; null: no limit
+    time_budget: Any = setting(None, optional(seconds()))  # seconds for the whole sweep: then running trials stop
+    retries: Any = setting(0, integer(low=0))  # reruns of a trial whose worker died (resuming from its checkpoint)
+    heartbeat_interval: Any = setting(30, integer(low=1))  # seconds between liveness marks of running trials
+    grace_period: Any = setting(120, integer(low=1))  # seconds without one after which a running trial is FAIL
+    report: Any = setting(True, flag())  # write report.html, report.csv and plots into the sweep directory at the end
     enqueue: Any = field(default_factory=list)  # configurations to try first: [{key: value, ...}, ...]
 
 
@@ -182,24 +197,30 @@ class HyperbandPrunerConf:
 # ---------------------------------------------------------------- launchers
 
 
+GPU_IDS = Rule("null (every visible GPU), [] (CPU only) or a list of device ids such as [0,1]",
+               lambda v: v is None or (listish(v) and all(isinstance(g, int) and not isinstance(g, bool) and g >= 0
+                                                             for g in v)))
+
+
 @dataclass
 class PoolLauncherConf:
     _target_: str = f"{PLUGIN}.PoolLauncher"
-    n_jobs: Any = None  # worker processes; null: hydra.sweeper.n_jobs on CPUs, len(gpus) x trials_per_gpu on GPUs
-    gpus: Any = None  # null: every visible CUDA GPU (none: CPU only); [] : CPU only; [0, 1]: these device ids
-    trials_per_gpu: Any = 1  # trials that share one GPU at a time (small models: 2-4)
-    threads_per_job: Any = None  # CPU threads per worker (torch, OpenMP, BLAS); null: cores / workers
-    console: Optional[str] = "file"  # file: what a trial prints goes to its run's console.log | terminal
+    gpus: Any = setting(None, GPU_IDS)  # null: every visible CUDA GPU (none: CPU only); []: CPU only; [0, 1]: these
+    trials_per_gpu: Any = setting(1, integer(low=1))  # trials that share one GPU at a time (small models: 2-4)
+    threads_per_job: Any = setting(None, optional(integer(low=1), "cores / workers"))  # CPU threads per worker
+    console: Any = setting("file", CONSOLE)  # file: what a trial prints goes to its run's console.log | terminal
 
 
 @dataclass
 class RayPoolLauncherConf:
     _target_: str = f"{PLUGIN}.RayPoolLauncher"
-    address: Optional[str] = None  # null: start a local Ray; auto or host:port: join a running cluster
-    n_jobs: Any = None  # trials in flight; null: as many as the cluster's CPUs and GPUs fit at start
-    num_cpus_per_trial: Any = 1  # Ray resources each trial reserves; fractions share a CPU or GPU
-    num_gpus_per_trial: Any = 0
-    console: Optional[str] = "file"  # file: what a trial prints goes to its run's console.log | terminal
+    address: Any = setting(None, optional(text(), "start a local Ray"))  # auto or host:port: join a running cluster
+    num_cpus_per_trial: Any = setting(1, number(low=0))  # Ray resources each trial reserves; fractions share one
+    num_gpus_per_trial: Any = setting(0, number(low=0))
+    console: Any = setting("file", CONSOLE)  # file: what a trial prints goes to its run's console.log | terminal
+
+
+COUNT, WORDS = optional(integer(low=1)), optional(text())
 
 
 @dataclass
@@ -207,31 +228,30 @@ class SlurmPoolLauncherConf:
     """One submitit job per trial; the settings mirror hydra-submitit-launcher's."""
 
     _target_: str = f"{PLUGIN}.SlurmPoolLauncher"
-    executor: str = "slurm"  # slurm | local (submitit's local executor: laptops and tests)
-    n_jobs: Any = None  # jobs in flight; null: hydra.sweeper.n_jobs
-    submitit_folder: str = "${hydra.sweep.dir}/.submitit/%j"
-    timeout_min: Any = 60
-    cpus_per_task: Optional[int] = None
-    gpus_per_node: Optional[int] = None
-    tasks_per_node: int = 1
-    mem_gb: Optional[int] = None
-    nodes: int = 1
-    name: str = "${hydra.job.name}"
-    partition: Optional[str] = None
-    qos: Optional[str] = None
-    comment: Optional[str] = None
-    constraint: Optional[str] = None
-    exclude: Optional[str] = None
-    gres: Optional[str] = None
-    cpus_per_gpu: Optional[int] = None
-    gpus_per_task: Optional[int] = None
-    mem_per_gpu: Optional[str] = None
-    mem_per_cpu: Optional[str] = None
-    account: Optional[str] = None
-    signal_delay_s: int = 120
-    setup: Optional[List[str]] = None  # shell lines run before the job (module load ..., source venv ...)
-    srun_args: Optional[List[str]] = None
-    additional_parameters: Dict[str, Any] = field(default_factory=dict)
+    executor: Any = setting("slurm", one_of("slurm", "local"))  # local: submitit's local executor (laptops, tests)
+    submitit_folder: Any = setting("${hydra.sweep.dir}/.submitit/%j", text())
+    timeout_min: Any = setting(60, number(above=0))
+    cpus_per_task: Any = setting(None, COUNT)
+    gpus_per_node: Any = setting(None, COUNT)
+    tasks_per_node: Any = setting(1, integer(low=1))
+    mem_gb: Any = setting(None, optional(number(above=0)))
+    nodes: Any = setting(1, integer(low=1))
+    name: Any = setting("${hydra.job.name}", text())
+    partition: Any = setting(None, WORDS)
+    qos: Any = setting(None, WORDS)
+    comment: Any = setting(None, WORDS)
+    constraint: Any = setting(None, WORDS)
+    exclude: Any = setting(None, WORDS)
+    gres: Any = setting(None, WORDS)
+    cpus_per_gpu: Any = setting(None, COUNT)
+    gpus_per_task: Any = setting(None, COUNT)
+    mem_per_gpu: Any = setting(None, WORDS)
+    mem_per_cpu: Any = setting(None, WORDS)
+    account: Any = setting(None, WORDS)
+    signal_delay_s: Any = setting(120, integer(low=0))
+    setup: Any = setting(None, optional(strings()))  # shell lines run before the job (module load ..., source ...)
+    srun_args: Any = setting(None, optional(strings()))
+    additional_parameters: Any = setting(factory=dict, rule=mapping())
 
 
 def register() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
 import time
 import warnings
@@ -18,9 +17,9 @@ from typing import Any, Callable, Iterable
 import optuna
 from optuna.trial import TrialState
 
-from sweep import storage as st
+from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line
-from sweep.plugin import SAMPLER_TARGETS, build
+from sweep.settings import SAMPLER_TARGETS, build
 from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
 
 log = logging.getLogger(__name__)
@@ -179,12 +178,3 @@ class StudyHandle:
                     self.tell(number, state=TrialState.FAIL, reason=reason)
             except st.errors() as e:
                 log.warning("trial %d not marked FAIL: %s", number, first_line(e))
-
-
-def deadline_of(time_budget: float | None) -> float | None:
-    """Wall-clock time (unix seconds) at which a time budget ends: workers may run on other machines."""
-    return time.time() + time_budget if time_budget else None
-
-
-def no_limit(value: float | None) -> float:
-    return math.inf if value is None else value

@@ -1,0 +1,563 @@
+"""The sweep report: one table row per trial, plots that show what worked, and one self-contained HTML page.
+
+    python -m sweep.report multirun/2026-11-27/10-00-00            # one sweep (also while it runs)
+    python -m sweep.report --storage sqlite:///multirun/studies/cifar10.db --study cifar10
+    python -m sweep.report multirun/tpe multirun/random             # several sweeps side by side
+
+It reads only the study: its direction(s), metric names, trials, intermediate values and user attributes, so it
+serves any app. Columns and plots that need something a study may lack (intermediate values, a second objective,
+sweep.train's run attributes) appear when it is there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import logging
+import math
+import sys
+import warnings
+from pathlib import Path
+
+from matplotlib.figure import Figure
+import optuna
+import pandas as pd
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from sweep import atomic
+from sweep.sweeper import storage as st
+from sweep.attrs import FAIL_REASON, GPUS, NODE, RUN_DIR, RUN_SECONDS, STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS
+from sweep.errors import UserError, first_line
+
+log = logging.getLogger(__name__)
+
+TOP = 5  # learning curves highlighted
+FENCE = 3.0  # learning curves show values within this many interquartile ranges of the middle half (Tukey's far fences)
+TITLES = {
+    "best_so_far.png": "Best so far",
+    "pareto.png": "Pareto front",
+    "learning_curves.png": "Learning curves",
+    "params.png": "Objective against each hyperparameter",
+    "importance.png": "Hyperparameter importance",
+    "cost.png": "Objective against cost",
+}
+
+
+# ------------------------------------------------------------------ reading a study
+
+
+def open_study(storage: str, study_name: str, setting: str = "--storage") -> optuna.Study:
+    """Load a study without creating or migrating anything in its storage."""
+    return st.load_study(st.parse(storage, setting), study_name, setting)
+
+
+def study_of_sweep_dir(sweep_dir: Path, storage: str | None = None) -> optuna.Study:
+    """The study a sweep folder names in its study.json. A study in a file is opened from there; one in a database
+    only from the `storage` the user gives (--storage): the folder never decides where to connect."""
+    info = sweep_dir / "study.json"
+    if not sweep_dir.is_dir():
+        raise UserError(f"{sweep_dir} is not a directory")
+    if not info.is_file():
+        raise UserError(f"{sweep_dir} is not a sweep directory: it has no study.json (written by a --multirun sweep)")
+    try:
+        meta = json.loads(info.read_text())
+        saved, name = meta["storage"], meta["study_name"]
+        if not (saved is None or isinstance(saved, str)) or not isinstance(name, str):
+            raise ValueError("storage must be a string or null, study_name a string")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{info} is damaged ({first_line(e)}); report the study with --storage URL --study NAME") from None
+    if storage is not None:
+        return open_study(storage, name)
+    if saved is None:
+        raise UserError(f"{sweep_dir}: the study was kept in memory and ended with its sweep; its report was "
+                        "written then (report.html there). Set hydra.sweeper.storage to keep studies")
+    if saved.startswith("sqlite:///") and not Path(saved[len("sqlite:///"):]).is_absolute():
+        # Written by an older sweep, relative to where it ran: try the sweep's ancestors, then here.
+        path = saved[len("sqlite:///"):]
+        for base in [*sweep_dir.resolve().parents, Path.cwd()]:
+            if (base / path).exists():
+                saved = f"sqlite:///{base / path}"
+                break
+    setting = f"{info} (storage)"
+    return st.load_study(st.from_file(saved, setting, base=sweep_dir), name, setting)
+
+
+def objectives(study: optuna.Study) -> list[tuple[str, bool]]:
+    """(name, maximize) per objective: the study's metric names, or value / value_0, value_1, ..."""
+    directions = study.directions
+    names = study.metric_names or (["value"] if len(directions) == 1 else [f"value_{i}" for i in range(len(directions))])
+    return [(n, d == optuna.study.StudyDirection.MAXIMIZE) for n, d in zip(names, directions)]
+
+
+def _best_step_value(t: FrozenTrial, maximize: bool) -> float | None:
+    values = [v for v in t.intermediate_values.values() if v is not None and math.isfinite(v)]
+    return (max(values) if maximize else min(values)) if values else None
+
+
+def _seconds(t: FrozenTrial) -> float | None:
+    """The trial's own wall time: as its worker measured it, else from the study's clock less the start-up."""
+    if isinstance(t.user_attrs.get(RUN_SECONDS), (int, float)):
+        return float(t.user_attrs[RUN_SECONDS])
+    if t.datetime_start and t.datetime_complete:
+        startup = t.user_attrs.get(STARTUP_SECONDS)
+        return (t.datetime_complete - t.datetime_start).total_seconds() - (startup if isinstance(startup, (int, float)) else 0)
+    return None
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial, best first (Pareto-optimal first for several objectives): state, why it stopped, every
+    swept parameter, the objective(s), steps reported, its own seconds and its start-up, where it ran, and every
+    user attribute the task set (trial.set_user_attr)."""
+    trials = study.get_trials(deepcopy=False)
+    objs = objectives(study)
+    names = sorted({name for t in trials for name in t.params})
+    front = {t.number for t in study.best_trials} if len(objs) > 1 and any(
+        t.state == TrialState.COMPLETE for t in trials) else set()
+    own = sorted({k for t in trials for k in t.user_attrs if k not in SWEEP_ATTRS} - set(names))
+    placed = any(t.user_attrs.get(NODE) for t in trials)
+    has_steps = any(t.intermediate_values for t in trials)
+    rows = []
+    for t in trials:
+        attrs = t.user_attrs
+        row = {"trial": t.number, "state": t.state.name,
+               "reason": attrs.get({TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: STOP_REASON}.get(t.state, ""), "")}
+        if len(objs) > 1:
+            row["pareto"] = t.number in front
+        row.update({n: t.params.get(n) for n in names})
+        for i, (metric, maximize) in enumerate(objs):
+            if t.state == TrialState.COMPLETE:
+                row[metric] = t.values[i]
+            else:  # pruned or running: the best value it reported so far
+                row[metric] = _best_step_value(t, maximize) if len(objs) == 1 else None
+        if has_steps:
+            row["steps"] = len(t.intermediate_values)
+        row["seconds"] = _seconds(t)
+        row["startup_seconds"] = attrs.get(STARTUP_SECONDS)
+        if placed:
+            row["node"], row["gpus"] = attrs.get(NODE, ""), attrs.get(GPUS, "")
+        row.update({k: _cell_value(attrs.get(k)) for k in own})
+        row["run_dir"] = attrs.get(RUN_DIR, "")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    if df["startup_seconds"].isna().all():
+        df = df.drop(columns=["startup_seconds"])
+    if not df["run_dir"].astype(bool).any():
+        df = df.drop(columns=["run_dir"])
+    if len(objs) == 1:
+        metric, maximize = objs[0]
+        return df.sort_values(metric, ascending=not maximize, na_position="last", kind="stable").reset_index(drop=True)
+    return df.sort_values(["pareto", "trial"], ascending=[False, True], kind="stable").reset_index(drop=True)
+
+
+def _cell_value(value):
+    """A user attribute as a table cell: numbers and text as they are, anything else as JSON text."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return json.dumps(value, default=str)
+
+
+def headline(study: optuna.Study, table: pd.DataFrame) -> str:
+    """The report's first lines: the best trial, its parameters and value, the sweep's wall time, trials by state."""
+    trials = study.get_trials(deepcopy=False)
+    objs = objectives(study)
+    counts = table["state"].value_counts().to_dict()
+    states = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+                       if s in counts)
+    started = [t.datetime_start for t in trials if t.datetime_start]
+    ended = [t.datetime_complete for t in trials if t.datetime_complete]
+    wall = (max(ended) - min(started)).total_seconds() if started and ended else 0.0
+    goal = ", ".join(f"{'maximize' if mx else 'minimize'} {name}" for name, mx in objs)
+    lines = [f"{len(trials)} trials ({states}) in {_duration(wall)} of wall time; {goal}."]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if complete and len(objs) == 1:
+        best = study.best_trial
+        params = ", ".join(f"{k}={_cell(v)}" for k, v in best.params.items()) or "no swept parameters"
+        lines.append(f"Best: trial {best.number}, {objs[0][0]} = {best.value:.6g}, with {params}.")
+    elif complete:
+        lines.append(f"Pareto front: {len(study.best_trials)} trial(s), listed first below.")
+    else:
+        lines.append("No trial completed yet.")
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    return f"{h} h {rest // 60:02d} min" if h else (f"{rest // 60} min {rest % 60:02d} s" if rest >= 60 else f"{rest} s")
+
+
+# ------------------------------------------------------------------ plots
+
+
+def best_so_far(trials: list[FrozenTrial], maximize: bool) -> pd.DataFrame:
+    """Running best objective value, by trial number and by minutes since the first trial started."""
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.datetime_complete), key=lambda t: t.number)
+    if not done:
+        return pd.DataFrame(columns=["trial", "value", "minutes", "best"])
+    start = min(t.datetime_start for t in trials if t.datetime_start)
+    df = pd.DataFrame({"trial": [t.number for t in done], "value": [t.value for t in done],
+                       "minutes": [(t.datetime_complete - start).total_seconds() / 60 for t in done]})
+    df["best"] = df["value"].cummax() if maximize else df["value"].cummin()
+    return df
+
+
+def plot_best_so_far(curves: dict[str, pd.DataFrame], metric: str, maximize: bool, path: Path) -> None:
+    fig, axes = _subplots(1, 2, figsize=(11, 4))
+    for label, df in curves.items():
+        axes[0].step(df["trial"], df["best"], where="post", label=label)
+        wall = df.sort_values("minutes")
+        running = wall["value"].cummax() if maximize else wall["value"].cummin()
+        axes[1].step(wall["minutes"], running, where="post", label=label)
+    word = "highest" if maximize else "lowest"
+    axes[0].set(title=f"Best {metric} so far by trial ({word} is best)", xlabel="trial number", ylabel=f"best {metric}")
+    axes[1].set(title="Best so far by wall-clock time", xlabel="minutes since the sweep started", ylabel=f"best {metric}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if maximize else "upper right")
+    _save(fig, path)
+
+
+def plot_learning_curves(trials: list[FrozenTrial], metric: str, maximize: bool, path: Path) -> None:
+    """Every trial's reported values per step, the top ones labelled with their result; the y-axis keeps to the
+    bulk of the values (a pruned trial's wild values would squash the rest) and says when it clips."""
+    def result(t: FrozenTrial) -> float | None:
+        return t.values[0] if t.state == TrialState.COMPLETE else None
+
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE and t.intermediate_values),
+                  key=lambda t: result(t), reverse=maximize)
+    top = {t.number for t in done[:TOP]}
+    values = [v for t in trials for v in t.intermediate_values.values() if v is not None and math.isfinite(v)]
+    rank = {t.number: i for i, t in enumerate(done[:TOP])}
+    fig, ax = _subplots(figsize=(8, 5))
+    labelled = {}
+    for t in sorted(trials, key=lambda t: -rank.get(t.number, TOP)):  # the best drawn last, on top
+        steps = sorted(t.intermediate_values)
+        ys = [t.intermediate_values[s] for s in steps]
+        if t.number in top:
+            (labelled[rank[t.number]],) = ax.plot(steps, ys, lw=2, label=f"trial {t.number}: {result(t):.4g}")
+        elif t.state == TrialState.PRUNED:
+            ax.plot(steps, ys, color="tab:red", alpha=0.25, lw=1)
+        else:
+            ax.plot(steps, ys, color="grey", alpha=0.5, lw=1)
+    extra = [ax.plot([], [], color="tab:red", alpha=0.4, label="pruned")[0],
+             ax.plot([], [], color="grey", alpha=0.6, label="other")[0]]
+    title = f"{metric} per reported step (top {TOP} by result)"
+    limits = robust_limits(values)
+    if limits is not None:
+        ax.set_ylim(*limits[:2])
+        title += f"\ny clipped to the bulk of the values: {limits[2]} of {len(values)} points outside"
+    ax.set(title=title, xlabel="step", ylabel=metric)
+    ax.grid(alpha=0.3)
+    ax.legend(handles=[labelled[i] for i in sorted(labelled)] + extra, loc="lower right" if maximize else "upper right",
+              fontsize=8)
+    _save(fig, path)
+
+
+def robust_limits(values: list[float]) -> tuple[float, float, int] | None:
+    """(low, high, points outside) of a y-axis that keeps to the bulk of `values`, or None when none stray far."""
+    if len(values) < 8:
+        return None
+    q1, q3 = pd.Series(values).quantile([0.25, 0.75]).tolist()
+    spread = q3 - q1
+    if spread <= 0:
+        return None
+    inside = [v for v in values if q1 - FENCE * spread <= v <= q3 + FENCE * spread]
+    outside = len(values) - len(inside)
+    if not outside:
+        return None
+    pad = (max(inside) - min(inside)) * 0.05 or spread
+    return min(inside) - pad, max(inside) + pad, outside
+
+
+def plot_params(trials: list[FrozenTrial], metric: str, path: Path) -> None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    names = sorted({n for t in done for n in t.params})
+    cols = min(3, max(len(names), 1))
+    rows = max(1, math.ceil(len(names) / cols))
+    fig, axes = _subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        pts = [(t.params[name], t.values[0]) for t in done if name in t.params]
+        dist = next(t.distributions[name] for t in done if name in t.distributions)
+        if isinstance(dist, CategoricalDistribution):
+            labels = [str(c) for c in dist.choices]
+            xs = [labels.index(str(x)) for x, _ in pts]
+            ax.set_xticks(range(len(labels)), labels)
+        else:
+            xs = [x for x, _ in pts]
+            if getattr(dist, "log", False):
+                ax.set_xscale("log")
+        ax.scatter(xs, [v for _, v in pts], alpha=0.7)
+        ax.set(title=name, xlabel=name + (" (log scale)" if getattr(dist, "log", False) else ""), ylabel=metric)
+        ax.grid(alpha=0.3)
+    if not names:
+        axes[0, 0].text(0.5, 0.5, "no swept parameters", ha="center", va="center", transform=axes[0, 0].transAxes)
+    for ax in list(axes.flat)[max(len(names), 1):]:
+        ax.axis("off")
+    fig.suptitle(f"{metric} against each swept hyperparameter (completed trials)")
+    _save(fig, path)
+
+
+def plot_importance(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -> None:
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    evaluator = PedAnovaImportanceEvaluator()  # Optuna 5's default, named here so the title can say so
+    fig, ax = _subplots(figsize=(7, 4))
+    metric = objs[0][0]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            importance = optuna.importance.get_param_importances(
+                study, evaluator=evaluator, target=(lambda t: t.values[0]) if len(objs) > 1 else None)
+    except Exception as e:  # too few completed trials, or a single point in the space
+        importance = {}
+        ax.text(0.5, 0.5, f"not enough completed trials to rank importance\n({type(e).__name__})",
+                ha="center", va="center", transform=ax.transAxes)
+    names = list(importance)[::-1]
+    ax.barh(names, [importance[n] for n in names], color="tab:blue")
+    ax.set(title="Hyperparameter importance (Optuna's PED-ANOVA evaluator)",
+           xlabel=f"importance for {metric} (shares sum to 1)")
+    ax.grid(alpha=0.3, axis="x")
+    _save(fig, path)
+
+
+def pareto_front(costs: list[float], values: list[float], maximize: bool = True) -> list[int]:
+    """Indices of points no other point beats on both lower cost and a better value, by increasing cost."""
+    sign = 1 if maximize else -1
+    front, best = [], -math.inf
+    for i in sorted(range(len(costs)), key=lambda i: (costs[i], -sign * values[i])):
+        if sign * values[i] > best:
+            front.append(i)
+            best = sign * values[i]
+    return front
+
+
+def plot_cost(table: pd.DataFrame, metric: str, maximize: bool, path: Path) -> None:
+    done = table[table["state"] == "COMPLETE"]
+    costs = [(c, label) for c, label in [("seconds", "trial's own seconds, start-up excluded (log scale)"),
+                                         ("param_count", "parameters (log scale)")] if c in done.columns]
+    fig, axes = _subplots(1, len(costs), figsize=(5.5 * len(costs), 4), squeeze=False)
+    for ax, (col, label) in zip(axes.flat, costs):
+        pts = done.dropna(subset=[col, metric])
+        xs, ys = pts[col].astype(float).tolist(), pts[metric].astype(float).tolist()
+        ax.scatter(xs, ys, alpha=0.6, label="trials")
+        front = pareto_front(xs, ys, maximize)
+        ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:red", label="Pareto front")
+        if xs and min(xs) > 0:
+            ax.set_xscale("log")
+        ax.set(title=f"{metric} against {col.replace('_', ' ')}", xlabel=label, ylabel=metric)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if maximize else "upper right")
+    _save(fig, path)
+
+
+def plot_pareto(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -> None:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    front = {t.number for t in study.best_trials} if done else set()
+    (x_name, x_max), (y_name, y_max) = objs[0], objs[1]
+    fig, ax = _subplots(figsize=(7, 5))
+    other = [t for t in done if t.number not in front]
+    best = sorted((t for t in done if t.number in front), key=lambda t: t.values[0])
+    ax.scatter([t.values[0] for t in other], [t.values[1] for t in other], color="grey", alpha=0.5, label="dominated")
+    ax.plot([t.values[0] for t in best], [t.values[1] for t in best], "o-", color="tab:red",
+            label=f"Pareto front ({len(best)} trials)")
+    for t in best:
+        ax.annotate(str(t.number), (t.values[0], t.values[1]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    more = "; objectives 3+ not drawn" if len(objs) > 2 else ""
+    ax.set(title=f"Pareto front{more}",
+           xlabel=f"{x_name} ({'higher' if x_max else 'lower'} is better)",
+           ylabel=f"{y_name} ({'higher' if y_max else 'lower'} is better)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def _subplots(*grid, figsize, **kw):
+    """A figure of its own, not pyplot's: drawing files never switches the host's backend (a notebook's)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(*grid, **kw)
+
+
+def _save(fig, path: Path) -> None:
+    try:
+        with atomic.replacing(path) as tmp:  # a killed report never leaves half a PNG
+            # bbox_inches="tight" fits the labels in one pass (tight_layout took twice as long); a light PNG
+            # compression writes several times faster for a few percent more bytes.
+            fig.savefig(tmp, dpi=90, format="png", bbox_inches="tight", pil_kwargs={"compress_level": 1})
+    finally:
+        fig.clear()
+
+
+def _out_dir(path: Path) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is a file; expected a folder for the report")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {path}: cannot create it ({first_line(e)})") from None
+    return path
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
+    """report.csv, report.md, the PNG plots and report.html in out_dir; returns the table."""
+    trials = study.get_trials(deepcopy=False)
+    if not trials:
+        raise UserError(f"study {study.study_name!r} has no trials yet")
+    out_dir = _out_dir(out_dir)
+    objs = objectives(study)
+    metric, maximize = objs[0]
+    table = trials_table(study)
+    atomic.write_text(out_dir / "report.csv", table.to_csv(index=False))
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    plots = []
+    if len(objs) == 1:
+        plot_best_so_far({study.study_name: best_so_far(trials, maximize)}, metric, maximize, out_dir / "best_so_far.png")
+        plots.append("best_so_far.png")
+    else:
+        plot_pareto(study, objs, out_dir / "pareto.png")
+        plots.append("pareto.png")
+    if any(t.intermediate_values for t in finished):
+        plot_learning_curves(finished, metric, maximize, out_dir / "learning_curves.png")
+        plots.append("learning_curves.png")
+    plot_params(finished, metric, out_dir / "params.png")
+    plot_importance(study, objs, out_dir / "importance.png")
+    plots += ["params.png", "importance.png"]
+    if len(objs) == 1:
+        plot_cost(table, metric, maximize, out_dir / "cost.png")
+        plots.append("cost.png")
+    top = headline(study, table)
+    atomic.write_text(out_dir / "report.md", top + "\n\n" + markdown(table))
+    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots)
+    log.info("report written to %s", out_dir / "report.html")
+    return table
+
+
+def compare(sweep_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
+    """Several sweeps side by side: overlaid best-so-far curves and a summary table."""
+    out_dir = _out_dir(out_dir)
+    rows, curves = [], {}
+    objs = None
+    for d in sweep_dirs:
+        study = study_of_sweep_dir(d)
+        these = objectives(study)
+        if objs is None:
+            objs = these
+        elif [m for _, m in these] != [m for _, m in objs] or len(these) != len(objs):
+            raise UserError(f"{d}: its study's objectives {these} differ from the first sweep's {objs}; "
+                            "compare sweeps of one kind")
+        trials = study.get_trials(deepcopy=False)
+        label = d.name if d.name not in curves else str(d)
+        metric, maximize = these[0]
+        curves[label] = best_so_far(trials, maximize)
+        finished = [t for t in trials if t.datetime_start and t.datetime_complete]
+        wall = (max(t.datetime_complete for t in finished) - min(t.datetime_start for t in finished)).total_seconds() / 60 if finished else 0.0
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        row = {"sweep": label}
+        if len(these) == 1:
+            values = [t.value for t in complete]
+            row[f"best {metric}"] = (max(values) if maximize else min(values)) if values else None
+        else:
+            row["pareto trials"] = len(study.best_trials) if complete else 0
+        row.update({"trials": len(trials), "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+                    "failed": sum(t.state == TrialState.FAIL for t in trials),
+                    "total_steps": sum(len(t.intermediate_values) for t in trials), "wall_minutes": round(wall, 2)})
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    atomic.write_text(out_dir / "comparison.csv", table.to_csv(index=False))
+    atomic.write_text(out_dir / "comparison.md", markdown(table))
+    images = []
+    if objs and len(objs) == 1:
+        plot_best_so_far(curves, objs[0][0], objs[0][1], out_dir / "best_so_far.png")
+        images.append("best_so_far.png")
+    _write_html(out_dir / "comparison.html", "Sweep comparison", ", ".join(curves), table, images)
+    return table
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|")
+
+
+def markdown(table: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _write_html(path: Path, title: str, summary: str, table: pd.DataFrame, images: list[str]) -> None:
+    figures = "\n".join(
+        f'<figure><img alt="{html.escape(TITLES.get(name, name))}" src="data:image/png;base64,'
+        f'{base64.b64encode((path.parent / name).read_bytes()).decode()}"><figcaption>{html.escape(TITLES.get(name, name))}'
+        f" ({name})</figcaption></figure>"
+        for name in images)
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.85em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }}
+th {{ background: #f0f0f0; position: sticky; top: 0; }}
+figure {{ display: inline-block; margin: 1em; }}
+img {{ max-width: 100%; }}
+.scroll {{ max-height: 30em; overflow: auto; }}
+</style></head>
+<body><h1>{html.escape(title)}</h1>{"".join(f"<p>{html.escape(line)}</p>" for line in summary.splitlines())}
+{figures}
+<h2>All runs</h2><div class="scroll">{table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
+</body></html>
+"""
+    atomic.write_text(path, page)
+
+
+def print_top(table: pd.DataFrame, n: int = 10) -> None:
+    """The best rows on the terminal, without the columns report.html has room for."""
+    shown = table.drop(columns=["run_dir", "node", "gpus", "startup_seconds"], errors="ignore").head(n)
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweep.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dirs", nargs="*", type=Path, help="sweep directories (several: compare them)")
+    parser.add_argument("--storage", help="Optuna storage URL: with --study, or with one sweep directory whose study "
+                                          "is in a database")
+    parser.add_argument("--study", help="study name, with --storage")
+    parser.add_argument("--out", type=Path, help="where to write (default: the sweep directory; report-<study> for --storage; comparison/ for several)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    warnings.formatwarning = lambda msg, *a, **k: f"warning: {msg}\n"
+    try:
+        if args.storage and not args.sweep_dirs:
+            if not args.study:
+                raise UserError("--storage needs --study NAME, or one sweep directory")
+            study = open_study(args.storage, args.study)
+            table = write_report(study, args.out or Path(f"report-{args.study}"))
+        elif len(args.sweep_dirs) == 1:
+            if args.study:
+                raise UserError("--study goes with --storage and no sweep directory; a sweep directory names its study")
+            table = write_report(study_of_sweep_dir(args.sweep_dirs[0], args.storage), args.out or args.sweep_dirs[0])
+        elif args.storage:
+            raise UserError("--storage goes with one sweep directory, or with --study NAME")
+        elif args.sweep_dirs:
+            table = compare(args.sweep_dirs, args.out or Path("comparison"))
+            print(table.to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+            return 0
+        else:
+            raise UserError("give a sweep directory, several to compare, or --storage URL --study NAME")
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a folder we may not write
+        print(f"error: the report could not be written: {st.redact(first_line(e))}", file=sys.stderr)
+        return 2
+    print_top(table)
+    return 0
