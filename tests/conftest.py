@@ -14,6 +14,17 @@ from helpers import MARK, marked_processes
 os.environ[MARK] = uuid.uuid4().hex
 
 
+SUITES_BY_DEFAULT = ("test_sweep_1_job[", "test_sweep_2_jobs_2_batches[", "test_custom_task_name[")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Hydra's suites on ray_pool and slurm_pool: one behaviour of each suite by default, the rest `slow`."""
+    for item in items:
+        if "test_launcher_suites.py::Test" in item.nodeid and not item.name.startswith(SUITES_BY_DEFAULT):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def no_process_left_behind():
     """A test must not leave a process running: whatever it started is killed, and the test fails."""

@@ -7,13 +7,13 @@ sets hydra.sweeper.check: sweep.mlp.config.check_sweep): the settings, and wheth
 from __future__ import annotations
 
 import functools
-import math
 import socket
 from pathlib import Path
 
 import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from sweep.checks import Rule, check, flag, integer, number, one_of, optional, text
 from sweep.errors import UserError
 
 
@@ -56,27 +56,13 @@ KEYS = {  # every key a section may hold: anything else is a typo that would sil
 }
 
 
-def _require(ok: bool, key: str, allowed: str, value: object) -> None:
-    if not ok:
-        raise UserError(f"{key}={value!r} is invalid: {allowed}")
+SEED = Rule("an integer within +-2**63", lambda v: isinstance(v, int) and not isinstance(v, bool) and abs(v) <= SEED_MAX)
+FRACTION = Rule("a number in [0, 1)", lambda v: number(low=0)(v) and v < 1)  # dropout, momentum, label smoothing
+POSITIVE = integer(low=1)
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _integer(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _choice(cfg: DictConfig, key: str, options: tuple[str, ...]) -> None:
-    value = OmegaConf.select(cfg, key)
-    _require(value in options, key, f"expected one of {', '.join(options)}", value)
-
-
-def _flag(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    _require(isinstance(value, bool), key, "expected true or false", value)
+def _set(cfg: DictConfig, key: str, rule: Rule) -> None:
+    check(key, OmegaConf.select(cfg, key), rule)
 
 
 def check_config(cfg: DictConfig) -> None:
@@ -93,66 +79,52 @@ def check_config(cfg: DictConfig) -> None:
         if missing:
             raise UserError(f"{section}.{missing[0]} is required: set it on the command line, "
                             f"e.g. {section}.{missing[0]}=...")
-    m, o, d, t = cfg.model, cfg.optimizer, cfg.data, cfg.trainer
-    _require(_integer(m.width) and m.width > 0, "model.width", "expected an integer > 0", m.width)
-    _require(_integer(m.depth) and m.depth > 0, "model.depth", "expected an integer > 0", m.depth)
+    m, o, d = cfg.model, cfg.optimizer, cfg.data
+    _set(cfg, "model.width", POSITIVE)
+    _set(cfg, "model.depth", POSITIVE)
     try:
         hidden = m.hidden_sizes
     except Exception as e:  # an interpolation that does not resolve
         raise UserError(f"model.hidden_sizes could not be built from model.width/model.depth: {e}") from None
-    _require(
-        isinstance(hidden, (list, ListConfig)) and len(hidden) > 0 and all(_integer(h) and h > 0 for h in hidden),
-        "model.hidden_sizes", "expected a non-empty list of positive integers, e.g. [256,128]",
-        OmegaConf.to_object(hidden) if isinstance(hidden, ListConfig) else hidden,
-    )
-    _choice(cfg, "model.activation", ACTIVATIONS)
-    _choice(cfg, "model.norm", NORMS)
-    _require(_number(m.dropout) and 0 <= m.dropout < 1, "model.dropout", "expected 0 <= dropout < 1", m.dropout)
+    check("model.hidden_sizes", hidden, Rule("a non-empty list of positive integers, e.g. [256,128]", lambda v: (
+        isinstance(v, (list, ListConfig)) and len(v) > 0 and all(POSITIVE(h) for h in v))))
+    _set(cfg, "model.activation", one_of(*ACTIVATIONS))
+    _set(cfg, "model.norm", one_of(*NORMS))
+    _set(cfg, "model.dropout", FRACTION)
 
-    _choice(cfg, "optimizer.name", OPTIMIZERS)
-    _require(_number(o.lr) and o.lr > 0, "optimizer.lr", "expected a number > 0", o.lr)
-    _require(_number(o.momentum) and 0 <= o.momentum < 1, "optimizer.momentum", "expected 0 <= momentum < 1", o.momentum)
-    _require(_number(o.weight_decay) and o.weight_decay >= 0, "optimizer.weight_decay", "expected a number >= 0", o.weight_decay)
-    _flag(cfg, "optimizer.nesterov")
-    _require(
-        not o.nesterov or (o.name == "sgd" and o.momentum > 0), "optimizer.nesterov",
-        "nesterov=true needs optimizer=sgd with momentum > 0", o.nesterov,
-    )
+    _set(cfg, "optimizer.name", one_of(*OPTIMIZERS))
+    _set(cfg, "optimizer.lr", number(above=0))
+    _set(cfg, "optimizer.momentum", FRACTION)
+    _set(cfg, "optimizer.weight_decay", number(low=0))
+    _set(cfg, "optimizer.nesterov", flag())
+    check("optimizer.nesterov", o.nesterov, Rule("false, or true with optimizer=sgd and momentum > 0",
+                                                 lambda v: not v or (o.name == "sgd" and o.momentum > 0)))
 
-    _choice(cfg, "data.name", DATASETS)
+    _set(cfg, "data.name", one_of(*DATASETS))
     if d.name == "imagefolder":
-        _require(isinstance(d.root, str) and d.root != "", "data.root",
-                 "data=imagefolder needs the folder holding train/<class>/*, e.g. data.root=/data/pets", d.root)
+        _set(cfg, "data.root", Rule("the folder holding train/<class>/* (data=imagefolder), e.g. data.root=/data/pets",
+                                    text().test))
     elif d.name == "cifar10":
-        _require(isinstance(d.root, str) and d.root != "", "data.root",
-                 "expected the folder holding (or to hold) cifar-10-batches-py", d.root)
-    _flag(cfg, "data.download")
-    _require(_integer(d.batch_size) and d.batch_size > 0, "data.batch_size", "expected an integer > 0", d.batch_size)
-    _require(
-        _number(d.val_size) and d.val_size > 0 and (_integer(d.val_size) or d.val_size < 1),
-        "data.val_size", "expected a count >= 1 or a fraction in (0, 1)", d.val_size,
-    )
-    _require(_integer(d.split_seed) and abs(d.split_seed) <= SEED_MAX, "data.split_seed",
-             "expected an integer within +-2**63", d.split_seed)
-    _choice(cfg, "data.normalize", NORMALIZE)
-    _flag(cfg, "data.flip")
-    _require(_integer(d.crop_padding) and 0 <= d.crop_padding <= MAX_CROP, "data.crop_padding",
-             f"expected an integer in 0..{MAX_CROP} (pixels of padding before a random crop)", d.crop_padding)
-    _require(d.cache_dir is None or isinstance(d.cache_dir, str), "data.cache_dir", "expected null or a folder", d.cache_dir)
+        _set(cfg, "data.root", Rule("the folder holding (or to hold) cifar-10-batches-py", text().test))
+    _set(cfg, "data.download", flag())
+    _set(cfg, "data.batch_size", POSITIVE)
+    _set(cfg, "data.val_size", Rule("a count >= 1 or a fraction in (0, 1)", lambda v: number(above=0)(v) and (
+        integer()(v) or v < 1)))
+    _set(cfg, "data.split_seed", SEED)
+    _set(cfg, "data.normalize", one_of(*NORMALIZE))
+    _set(cfg, "data.flip", flag())
+    _set(cfg, "data.crop_padding", Rule(f"an integer in 0..{MAX_CROP} (pixels of padding before a random crop)",
+                                        integer(low=0, high=MAX_CROP).test))
+    _set(cfg, "data.cache_dir", optional(Rule("a folder", lambda v: isinstance(v, str))))
 
-    _require(_integer(t.epochs) and t.epochs > 0, "trainer.epochs", "expected an integer > 0", t.epochs)
-    _require(_integer(t.seed) and abs(t.seed) <= SEED_MAX, "trainer.seed", f"expected an integer within +-2**63",
-             t.seed)
-    _choice(cfg, "trainer.device", DEVICES)
-    _choice(cfg, "trainer.schedule", SCHEDULES)
-    _choice(cfg, "trainer.precision", PRECISIONS)
-    _require(
-        _number(t.label_smoothing) and 0 <= t.label_smoothing < 1,
-        "trainer.label_smoothing", "expected 0 <= label_smoothing < 1", t.label_smoothing,
-    )
-    _require(t.threads in (None, "auto") or (_integer(t.threads) and t.threads > 0), "trainer.threads",
-             "expected auto, null or an integer > 0", t.threads)
-    _flag(cfg, "trainer.save_checkpoint")
+    _set(cfg, "trainer.epochs", POSITIVE)
+    _set(cfg, "trainer.seed", SEED)
+    _set(cfg, "trainer.device", one_of(*DEVICES))
+    _set(cfg, "trainer.schedule", one_of(*SCHEDULES))
+    _set(cfg, "trainer.precision", one_of(*PRECISIONS))
+    _set(cfg, "trainer.label_smoothing", FRACTION)
+    _set(cfg, "trainer.threads", Rule("auto, null or an integer > 0", lambda v: v in (None, "auto") or POSITIVE(v)))
+    _set(cfg, "trainer.save_checkpoint", flag())
 
 
 def check_sweep(cfg: DictConfig) -> None:

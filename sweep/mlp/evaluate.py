@@ -85,14 +85,33 @@ def predict(model, loader: Loader) -> torch.Tensor:
     return torch.cat([model(x).argmax(1) for x, _ in loader.batches()])
 
 
-def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: str = "auto") -> dict:
+def data_of(cfg, checkpoint: Path, base: Path, data_root: Path | None):
+    """The data to evaluate on. A checkpoint is someone else's file: it never decides a download, a cache folder or
+    where data is read, except from inside the run or sweep folder the user named (base); --data-root says so
+    otherwise."""
+    data = cfg.data.copy()
+    data.download, data.cache_dir = False, None
+    if data.name == "digits":  # bundled
+        return data
+    if data_root is not None:
+        data.root = str(data_root)
+    elif not (isinstance(data.root, str) and Path(base, data.root).resolve().is_relative_to(base.resolve())):
+        raise UserError(f"{checkpoint}: its data.root={data.root!r} is outside {base}; evaluation reads data only "
+                        "where you say: give the data set's folder with --data-root PATH")
+    else:
+        data.root = str(Path(base, data.root).resolve())
+    return data
+
+
+def evaluate_checkpoint(checkpoint: Path, out_dir: Path, device: str = "auto", data_root: Path | None = None,
+                        base: Path | None = None) -> dict:
     if device not in DEVICES:
         raise UserError(f"--device {device!r} is invalid: expected one of {', '.join(DEVICES)}")
     dev = resolve_device(device)
     model, cfg, ckpt = load_model(checkpoint, dev)
-    dataset = load_dataset(cfg.data)
+    dataset = load_dataset(data_of(cfg, checkpoint, base or checkpoint.parent, data_root))
     if dataset.test is None:
-        raise UserError(f"data.root={cfg.data.root!r}: this data set has no test split ({cfg.data.name}: "
+        raise UserError(f"data.root: this data set has no test split ({cfg.data.name}: "
                         "imagefolder needs root/test/<class>/*); nothing to evaluate on")
     test = Loader(dataset.test, dev, ckpt["mean"], ckpt["std"], EVAL_BATCH)
     pred = predict(model, test).cpu()
@@ -145,10 +164,13 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where to write test_metrics.json (default: beside best.pt)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
     parser.add_argument("--storage", help="the sweep's storage URL, when its study is in a database")
+    parser.add_argument("--data-root", type=Path, help="the data set's folder (a checkpoint's own data.root is used "
+                                                       "only when it lies inside the folder evaluated)")
     args = parser.parse_args(argv)
     try:
         checkpoint = find_checkpoint(args.path, args.storage)
-        metrics = evaluate_checkpoint(checkpoint, args.out or checkpoint.parent, args.device)
+        metrics = evaluate_checkpoint(checkpoint, args.out or checkpoint.parent, args.device, args.data_root,
+                                      base=args.path)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -27,7 +27,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sweep
 from sweep import atomic
-from sweep.mlp.config import check_config
+from sweep.mlp.config import check_config, register_resolvers
 from sweep.mlp.data import Loader, build_splits
 from sweep.mlp.device import choose_precision, resolve_device
 from sweep.errors import EXIT_INTERRUPTED, UserError, exit_with, first_line, hydra_error
@@ -274,6 +274,7 @@ def resume(cfg, out_dir: Path, trial, model, optimizer, scheduler, shuffle) -> d
 @hydra.main(config_path=CONF_DIR, config_name="config", **HYDRA_DEFAULTS)
 def main(cfg: DictConfig) -> float:
     """Train one model and return its best validation accuracy: the value the sweeper maximizes."""
+    register_resolvers()
     hydra_cfg = HydraConfig.get()
     out_dir = Path(hydra_cfg.runtime.output_dir)
     in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
@@ -346,6 +347,7 @@ def cli() -> None:
     """`python -m sweep.train` and `sweep-train`: Hydra's own errors (an unknown group option or key, a bad
     override) come back here to be said in one line, with secrets masked."""
     sys.argv = search_space_argv(sys.argv)
+    register_resolvers()
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
     try:
         main()

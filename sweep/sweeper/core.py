@@ -163,6 +163,7 @@ class SweepImpl:
             self.spec, self.study_name, self.directions, self.sampler, self.pruner, self.metric_names,
             self.heartbeat_interval, self.grace_period, self.retries)
         earlier = handle.open(self.enqueue, self.sampler_cfg)
+        handle.check_space(space.distributions)  # before any trial: a changed kind would fail inside Optuna's ask
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self._claim(sweep_dir, handle, earlier)
         task.register(handle.study, handle.backend)
@@ -171,7 +172,8 @@ class SweepImpl:
                  self.spec, earlier, n_trials, n_jobs,
                  " (in memory: it ends with this sweep and cannot be resumed)" if self.spec.kind == "memory" else "")
 
-        limits = Limits(n_trials, n_jobs, self.max_failure_rate, self.timeout, self.time_budget, self.retries)
+        limits = Limits(n_trials, n_jobs, self.max_failure_rate, self.timeout, self.time_budget, self.retries,
+                        grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec))
         interrupted, lost, ended, started = False, None, False, time.monotonic()

@@ -42,6 +42,7 @@ class Limits:
     timeout: float | None = None  # no new trial after this many seconds
     time_budget: float | None = None  # running trials stop at their next report after this many seconds
     retries: int = 0
+    grace: float = 120.0  # after the time budget, how long a trial may go without answering before it is FAIL
 
 
 @dataclass
@@ -83,6 +84,19 @@ class Scheduler:
             done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 self._finish(self.inflight.pop(future), future)
+            if deadline is not None and time.time() > deadline + limits.grace:
+                self._give_up()
+
+    def _give_up(self) -> None:
+        """Trials still unanswered a grace period after the time budget (a launcher that lost them, a task that
+        ignores its reports): FAIL, so the sweep ends."""
+        for future, trial in list(self.inflight.items()):
+            future.cancel()
+            del self.inflight[future]
+            reason = f"no answer from its launcher {self.limits.grace:g} s after hydra.sweeper.time_budget ran out"
+            if self.handle.tell(trial, state=TrialState.FAIL, reason=reason):
+                self.failures.append(reason)
+                self.progress.ended(trial.number, TrialState.FAIL, None, reason)
 
     def _accepting(self, stop_asking_at: float) -> bool:
         if len(self.failures) > self.limits.max_failure_rate * self.limits.n_trials:
@@ -130,10 +144,11 @@ class Scheduler:
         reason = first_line(error)[:500]
         if not self.handle.tell(trial, state=TrialState.FAIL, reason=reason):
             return
-        self.failures.append(reason)
         self.progress.ended(trial.number, TrialState.FAIL, None, reason)
         if isinstance(error, WorkerDied) and self.handle.retry(trial.number):
-            self._target += 1  # a lost worker costs no trial
+            self._target += 1  # a lost worker costs no trial, and is no failure of the search while it is retried
+        else:
+            self.failures.append(reason)
 
     def record_running(self) -> None:
         """Where the trials still running are (the sweep is stopping): their launcher may know already."""
@@ -178,7 +193,10 @@ def objective_values(value: Any, n: int) -> tuple[list[float] | None, str | None
         items = [value]
     if items is None or not all(number(v) for v in items):
         return None, f"the task returned {_short(value)}, expected {expected}"
-    values = [float(v) for v in items]
+    try:
+        values = [float(v) for v in items]
+    except (OverflowError, ValueError):  # 10**400: an int no float can hold
+        return None, f"the task returned {_short(value)}, not a finite number"
     if len(values) != n:
         return None, (f"the task returned {_short(tuple(values))}, expected {n} value(s): hydra.sweeper.direction "
                       f"has {n} objective(s)")

@@ -211,6 +211,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
 
         try:
             storage.path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(storage.path)
             return JournalStorage(JournalFileBackend(str(storage.path), lock_obj=journal_lock(str(storage.path))))
         except Exception as e:
             raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
@@ -296,6 +297,44 @@ def journal_lock(path: str):
                 delay = min(2 * delay, 1)
 
     return StaleBreakingLock(path)
+
+
+def repair_journal(path: Path) -> None:
+    """A journal whose last record was cut off (its writer died mid-write) loses nothing else: the torn tail is moved
+    to <journal>.torn-<time> with a warning. Otherwise the next record would be appended to the torn one, and from
+    then on no reader could get past that line. Done under the journal's lock, which every writer holds while it
+    appends, so a tail without its newline is a dead writer's, never a live one's."""
+    try:
+        if path.stat().st_size == 0:
+            return
+    except FileNotFoundError:
+        return
+    lock = journal_lock(str(path))
+    lock.acquire()
+    try:
+        with open(path, "rb+") as f:
+            end = f.seek(0, os.SEEK_END)
+            f.seek(end - 1)
+            if f.read(1) == b"\n":
+                return
+            cut, step = end, 1 << 16
+            while cut > 0:  # back to the last complete record's newline
+                start = max(0, cut - step)
+                f.seek(start)
+                at = f.read(cut - start).rfind(b"\n")
+                if at >= 0:
+                    cut = start + at + 1
+                    break
+                cut = start
+            f.seek(cut)
+            torn = f.read()
+            kept = path.with_name(f"{path.name}.torn-{time.strftime('%Y%m%d-%H%M%S')}")
+            kept.write_bytes(torn)
+            f.truncate(cut)
+        log.warning("%s: its last record was cut off (a process died while writing it); the %d bytes were moved "
+                    "to %s and every complete record is kept", path, len(torn), kept)
+    finally:
+        lock.release()
 
 
 def _cause(e: BaseException) -> BaseException:

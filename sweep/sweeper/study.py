@@ -67,6 +67,25 @@ class StudyHandle:
             self.study.sampler = build(sampler_cfg, SAMPLER_TARGETS, "hydra/sweeper/sampler", seed=seed + earlier)
         return earlier
 
+    def check_space(self, distributions: dict) -> None:
+        """A resumed study whose parameter changed kind (choice -> interval, float -> int): one line naming it."""
+        from optuna.distributions import check_distribution_compatibility
+
+        seen: dict[str, Any] = {}
+        for t in self.study.get_trials(deepcopy=False):
+            for name, old in t.distributions.items():
+                seen.setdefault(name, old)
+        for name, new in distributions.items():
+            old = seen.get(name)
+            if old is None:
+                continue
+            try:
+                check_distribution_compatibility(old, new)
+            except ValueError:
+                raise UserError(f"hydra.sweeper.params.{name}: study {self.study.study_name!r} has it as "
+                                f"{_kind(old)}, this sweep as {_kind(new)}; keep its kind, or start a new study "
+                                "(another hydra.sweeper.study_name)") from None
+
     def delete_if_empty(self) -> None:
         """Undo opening a study that never got a trial (the sweep was refused right after)."""
         if not self.study.get_trials(deepcopy=False):
@@ -178,3 +197,12 @@ class StudyHandle:
                     self.tell(number, state=TrialState.FAIL, reason=reason)
             except st.errors() as e:
                 log.warning("trial %d not marked FAIL: %s", number, first_line(e))
+
+
+def _kind(d) -> str:
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+
+    if isinstance(d, CategoricalDistribution):
+        return f"choice{tuple(d.choices)}"
+    word = "int " if isinstance(d, IntDistribution) else "float "
+    return f"{word}{'log ' if d.log else ''}interval({d.low}, {d.high})"

@@ -4,12 +4,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+from sweep.mlp.config import register_resolvers
 from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS
 
 
 @pytest.fixture
 def make_cfg(tmp_path):
     """Compose the real configs with overrides, the data cache kept under tmp_path."""
+    register_resolvers()  # what an app composing these configs does (sweep.train's entry points do it)
+
     def make(*overrides: str, hydra: bool = False):
         with initialize_config_dir(config_dir=CONF_DIR, **HYDRA_DEFAULTS):
             return compose("config", overrides=[f"data.cache_dir={tmp_path / 'cache'}", *overrides],

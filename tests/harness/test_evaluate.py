@@ -33,7 +33,9 @@ def test_imagefolder_test_split_from_the_command_line(tmp_path):
                         "optimizer=adamw", "optimizer.lr=3e-3", "trainer.save_checkpoint=true", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
     (run,) = [p.parent for p in tmp_path.glob("outputs/*/*/best.pt")]
-    result = run_cli("sweep.evaluate", str(run), cwd=tmp_path)
+    refused = run_cli("sweep.evaluate", str(run), cwd=tmp_path)  # the data lies outside the run: the user says where
+    assert refused.returncode == 2 and "--data-root" in refused.stderr and "Traceback" not in refused.stderr
+    result = run_cli("sweep.evaluate", str(run), "--data-root", str(root), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["test_images"] == 15 and set(metrics["per_class_accuracy"]) == {"cat", "dog", "frog"}
@@ -45,9 +47,26 @@ def test_no_test_split_is_refused(make_cfg, tmp_path):
     train(make_cfg("data=imagefolder", f"data.root={root}", "data.val_size=6", "trainer.epochs=1",
                    "trainer.save_checkpoint=true"), tmp_path / "run")
     with pytest.raises(UserError, match="no test split"):
-        evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "run")
-    result = run_cli("sweep.evaluate", str(tmp_path / "run"), cwd=tmp_path)
+        evaluate_checkpoint(tmp_path / "run" / "best.pt", tmp_path / "run", data_root=root)
+    result = run_cli("sweep.evaluate", str(tmp_path / "run"), "--data-root", str(root), cwd=tmp_path)
     assert result.returncode != 0 and "no test split" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_checkpoint_never_decides_a_download_or_a_folder(make_cfg, tmp_path):
+    """A best.pt whose config says data=cifar10 download=true root=<somewhere>: nothing is fetched or created."""
+    train(make_cfg("data=digits", "trainer.epochs=1", "trainer.save_checkpoint=true"), tmp_path / "run")
+    ckpt = torch.load(tmp_path / "run" / "best.pt", weights_only=True)
+    planted = tmp_path / "elsewhere" / "fetch-here"
+    ckpt["config"]["data"].update(name="cifar10", download=True, root=str(planted), cache_dir=str(tmp_path / "c"))
+    torch.save(ckpt, tmp_path / "run" / "best.pt")
+    result = run_cli("sweep.evaluate", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2 and "--data-root" in result.stderr.strip().splitlines()[-1]
+    inside = tmp_path / "run" / "data"  # a root inside the folder evaluated is the user's own: read, never fetched
+    ckpt["config"]["data"]["root"] = str(inside)
+    torch.save(ckpt, tmp_path / "run" / "best.pt")
+    result = run_cli("sweep.evaluate", str(tmp_path / "run"), cwd=tmp_path)
+    assert result.returncode == 2 and "data.download=false" in result.stderr
+    assert not planted.parent.exists() and not inside.exists() and not (tmp_path / "c").exists()
 
 
 def test_run_without_checkpoint_says_how_to_get_one(tmp_path):

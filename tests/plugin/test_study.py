@@ -144,3 +144,43 @@ def test_two_studies_started_together_into_one_folder_one_is_refused(tmp_path):
     assert "holds the runs of another study" in refused.strip().splitlines()[-1]
     owner = json.loads((folder / "study.json").read_text())["study_name"]
     assert len([p for p in folder.iterdir() if p.name.isdigit()]) == 2 and owner in ("s0", "s1")
+
+
+def test_a_journal_whose_last_record_was_torn_loses_nothing_and_the_rerun_goes_on(tmp_path):
+    journal = tmp_path / "study.log"
+    args = ["--multirun", "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=journal:///{journal}"]
+    assert run_app(*args, cwd=tmp_path).returncode == 0
+    complete = len(_journal(journal))
+    data = journal.read_bytes()
+    last = data[:-1].rfind(b"\n") + 1
+    journal.write_bytes(data[:last] + data[last:][: (len(data) - last) // 2])  # a crash in mid-write
+    result = run_app(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "its last record was cut off" in result.stdout + result.stderr
+    assert len(list(tmp_path.glob("study.log.torn-*"))) == 1
+    found = _journal(journal)  # Optuna's own reader gets through the whole journal
+    assert len(found) >= complete + 1 and sum(t.state == TrialState.COMPLETE for t in found) >= 3
+    report = run_app("--multirun", "hydra.sweeper.n_trials=1", f"hydra.sweeper.storage=journal:///{journal}",
+                     cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+
+
+@pytest.mark.parametrize("first, then, kinds", [
+    ("width=choice(8,16)", "width=interval(8.0,32.0)", ["choice(8, 16)", "float interval(8.0, 32.0)"]),
+    ("lr=interval(0.01,1.0)", "lr=int(interval(1,5))", ["float interval(0.01, 1.0)", "int interval(1, 5)"]),
+])
+def test_resuming_with_a_parameter_of_another_kind_is_one_line_before_any_trial(tmp_path, first, then, kinds):
+    assert run_app("--multirun", "hydra.sweeper.n_trials=1", first, cwd=tmp_path).returncode == 0
+    result = run_app("--multirun", "hydra.sweeper.n_trials=1", then, cwd=tmp_path)
+    assert_one_line_error(result, f"hydra.sweeper.params.{first.split('=')[0]}", *kinds)
+    assert len(trials(_db(tmp_path), STUDY)) == 1  # no trial was created, none left RUNNING
+
+
+def test_a_result_no_float_can_hold_fails_its_trial_and_the_sweep_goes_on(tmp_path):
+    result = run_app("--multirun", "hydra.sweeper.n_trials=2", "hydra.sweeper.max_failure_rate=0.5",
+                     "returns=" + "1" + "0" * 400,
+                     cwd=tmp_path)
+    found = trials(_db(tmp_path), STUDY)
+    assert [t.state for t in found] == [TrialState.FAIL, TrialState.FAIL]
+    assert all("not a finite number" in t.user_attrs["fail_reason"] for t in found)
+    assert_one_line_error(result, "failed")
