@@ -108,7 +108,7 @@ class AsyncLauncher(Launcher):
             idle.join()
         if not self.slots:
             self.start(None)
-            atexit.register(_shutdown_later, weakref.ref(self))
+            _keep(self)
         futures = [self.submit(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
         returns = []
         for overrides, future in zip(job_overrides, futures):
@@ -116,16 +116,41 @@ class AsyncLauncher(Launcher):
                 returns.append(future.result().ret)
             except WorkerDied as e:
                 returns.append(JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e))
-        self._idle = threading.Timer(self.IDLE_SECONDS, _shutdown_later, args=(weakref.ref(self),))
+        self._idle = threading.Timer(self.IDLE_SECONDS, self.release)
         self._idle.daemon = True
         self._idle.start()
         return returns
 
+    def release(self) -> None:
+        """Stop the workers kept between batches, if they are still up."""
+        idle = getattr(self, "_idle", None)
+        if idle is not None and idle is not threading.current_thread():
+            idle.cancel()
+        with _kept_lock:
+            if self.slots:
+                self.shutdown()
+            _kept.discard(self)
 
-def _shutdown_later(ref) -> None:
-    launcher = ref()
-    if launcher is not None and launcher.slots:
-        launcher.shutdown()
+
+_kept: "weakref.WeakSet[AsyncLauncher]" = weakref.WeakSet()  # launchers holding workers between Hydra batches
+_kept_lock = threading.RLock()
+_at_exit = False
+
+
+def _keep(launcher: AsyncLauncher) -> None:
+    global _at_exit
+    with _kept_lock:
+        if not _at_exit:
+            atexit.register(release_kept)
+            _at_exit = True
+        _kept.add(launcher)
+
+
+def release_kept() -> None:
+    """Stop every launcher's workers kept between Hydra batches: at exit, or where a host process (a notebook, a
+    test) is done with them."""
+    for launcher in list(_kept):
+        launcher.release()
 
 
 class BatchAdapter:

@@ -12,6 +12,7 @@ import importlib.util
 import logging
 import shutil
 import threading
+import uuid
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Sequence
@@ -59,6 +60,10 @@ class SlurmPoolLauncher(AsyncLauncher):
             raise UserError("hydra.launcher.executor=slurm: this machine has no SLURM (no srun on the PATH); run "
                             "the sweep on a SLURM login node, or set hydra.launcher.executor=local")
         folder = self.folder or str(Path(str(self.config.hydra.sweep.dir)) / ".submitit" / "%j")
+        # Job folders of this sweep alone: submitit's local executor names jobs by process id, and a result file
+        # left in a reused sweep folder under an id that comes round again would be unpickled as a new job's result.
+        token = uuid.uuid4().hex[:12]
+        folder = folder.replace("%j", f"{token}-%j") if "%j" in folder else str(Path(folder) / f"{token}-%j")
         # No requeueing by submitit: a timed-out or preempted job fails its trial, and the sweeper's retries decide.
         executor = submitit.AutoExecutor(folder=folder, cluster=name, **{f"{name}_max_num_timeout": 0})
         params = {}

@@ -17,7 +17,16 @@ pytest.importorskip("ray")
 pytest.importorskip("submitit")
 pytestmark = pytest.mark.xdist_group("ray")  # one Ray at a time on a 2-core machine
 
-Plugins.instance().discover(Sweeper)  # before the suites snapshot Hydra's singletons (see test_hydra_suites.py)
+Plugins.instance().discover(Sweeper)
+
+
+@pytest.fixture(autouse=True)
+def release_workers():
+    """The suites run Hydra in this process: the workers a launcher keeps between batches go with each test."""
+    yield
+    from sweep.launchers.protocol import release_kept
+
+    release_kept()  # before the suites snapshot Hydra's singletons (see test_hydra_suites.py)
 
 RAY = ["hydra.launcher.num_cpus_per_trial=0.5"]
 SLURM = ["hydra.launcher.executor=local", "hydra.launcher.timeout_min=5"]

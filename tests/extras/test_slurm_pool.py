@@ -52,3 +52,27 @@ def test_a_preempted_job_fails_its_trial_and_the_retry_resumes_where_it_stopped(
     assert stopped >= 3 and "1 complete, 0 pruned, 1 failed" in out + err
     # The retry read the dead run's progress and went on from there, not from epoch 1.
     assert int((Path(retry.user_attrs["run_dir"]) / "resumed_from").read_text()) >= 3
+
+
+def test_a_result_file_left_in_a_reused_sweep_folder_is_never_read(tmp_path):
+    """submitit's local executor names jobs by process id: a planted <id>_0_result.pkl must never be unpickled."""
+    import pickle
+
+    sweep_dir = f"hydra.sweep.dir={tmp_path / 'sweep'}"
+    assert run_app("--multirun", *LOCAL, "hydra.sweeper.n_trials=1", sweep_dir, cwd=tmp_path).returncode == 0
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    first = list((tmp_path / "sweep" / ".submitit").iterdir())
+    for folder in first:  # the old jobs' folders, and the names the next jobs would get if ids were reused
+        last = int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+        for job in {folder.name, *(str(p) for p in range(last + 1, last + 400))}:
+            (folder.parent / job).mkdir(exist_ok=True)
+            (folder.parent / job / f"{job}_0_result.pkl").write_bytes(pickle.dumps(("success", Payload())))
+    result = run_app("--multirun", *LOCAL, "hydra.sweeper.n_trials=1", sweep_dir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert not marker.exists()
+    assert [t.state for t in trials(_db(tmp_path), STUDY)] == [TrialState.COMPLETE] * 2

@@ -122,7 +122,9 @@ def test_a_checkpoint_is_data_nothing_it_names_is_unpickled(checkpoint, tmp_path
     ckpt["config"]["data"] = {**ckpt["config"]["data"], "name": "cifar10", "root": str(tmp_path / "hostile"),
                               "download": False}
     torch.save(ckpt, checkpoint)
-    code, err = _evaluate(capsys, checkpoint.parent)
+    code, err = _evaluate(capsys, checkpoint.parent)  # a folder outside the run: read only if the user names it
+    assert code == 2 and "--data-root" in err
+    code, err = _evaluate(capsys, checkpoint.parent, "--data-root", tmp_path / "hostile")  # named: still never run
     assert code == 2 and err.startswith("error: data.root: ") and "not a CIFAR-10 python file" in err
     assert not marker.exists()
 

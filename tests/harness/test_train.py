@@ -159,7 +159,7 @@ def test_divergence_stops_the_run_with_status_diverged(tmp_path):
     (["model.hidden_sizes=[]"], ["model.hidden_sizes", "positive integers"]),
     (["model.hidden_sizes=[64,-1]"], ["model.hidden_sizes"]),
     (["optimizer.lr=0"], ["optimizer.lr", "> 0"]),
-    (["data.batch_size=-4"], ["data.batch_size", "> 0"]),
+    (["data.batch_size=-4"], ["data.batch_size", "an integer >= 1"]),
     (["data.val_size=1438"], ["data.val_size", "has 1438"]),
     (["trainer.device=tpu"], ["trainer.device", "cpu"]),
     (["data.split_seed=abc"], ["data.split_seed", "integer"]),

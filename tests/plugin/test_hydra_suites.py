@@ -12,6 +12,15 @@ from hydra.test_utils.launcher_common_tests import BatchedSweeperTestSuite, Inte
 Plugins.instance().discover(Sweeper)
 
 
+@pytest.fixture(autouse=True)
+def release_workers():
+    """The suites run Hydra in this process: the workers a launcher keeps between batches go with each test."""
+    yield
+    from sweep.launchers.protocol import release_kept
+
+    release_kept()
+
+
 def test_hydra_discovers_the_sweeper_and_every_launcher():
     sweepers = [c for c in Plugins.instance().discover(Sweeper) if c.__module__ == "hydra_plugins.sweep_plugin"]
     launchers = [c for c in Plugins.instance().discover(Launcher) if c.__module__ == "hydra_plugins.sweep_plugin"]
