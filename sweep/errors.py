@@ -3,6 +3,7 @@ calls) turn it into one `error: ...` line and exit code 2, the code argparse use
 
 from __future__ import annotations
 
+import atexit
 import signal
 import sys
 import threading
@@ -43,11 +44,17 @@ def one_line(call: Callable[[], T]) -> T:
     try:
         return call()
     except Interrupted as e:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the user's next Ctrl-C must not turn the exit into a traceback
+        # The user's next Ctrl-C must not turn the exit into a traceback, but a host process (a notebook) that
+        # catches the SystemExit keeps its own Ctrl-C: it is ignored only once the interpreter is really exiting.
+        atexit.register(_ignore_ctrl_c)
         exit_with(str(e), EXIT_INTERRUPTED)
     except UserError as e:
         exit_with(str(e))
+
+
+def _ignore_ctrl_c() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def hydra_error(e: BaseException) -> str | None:

@@ -122,11 +122,23 @@ class _output_to:
         return False
 
 
+# JobReturn.return_value re-raises a failed job's exception after printing to stderr, and Hydra has no public way
+# to read or replace what a job returned: these two are the only places that touch the private field
+# (tests/plugin/test_private_api.py fails if it changes).
+
+
+def job_value(ret: JobReturn) -> Any:
+    return getattr(ret, "_return_value", None)
+
+
 def job_error(ret: JobReturn) -> BaseException | None:
-    """The exception a failed job raised. JobReturn.return_value would re-raise it after printing to stderr;
-    Hydra has no public read of it, so this is the one place that reaches for the private field."""
-    value = getattr(ret, "_return_value", None)
+    """The exception a failed job raised, or None."""
+    value = job_value(ret)
     return value if isinstance(value, BaseException) else None
+
+
+def _replace_value(ret: JobReturn, value: Any) -> None:
+    ret._return_value = value
 
 
 def _picklable(ret: JobReturn) -> JobReturn:
@@ -156,8 +168,8 @@ def _picklable(ret: JobReturn) -> JobReturn:
                     if OmegaConf.is_config(value):
                         setattr(ret, name, OmegaConf.create(OmegaConf.to_container(value, resolve=False)))
             else:
-                value = ret._return_value
-                ret._return_value = RuntimeError(first_line(value)) if isinstance(value, BaseException) else repr(value)
+                value = job_value(ret)
+                _replace_value(ret, RuntimeError(first_line(value)) if isinstance(value, BaseException) else repr(value))
     return ret
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import platform
 import time
 from functools import cache
@@ -70,10 +71,9 @@ def cpu_capability() -> str:
 
 def describe() -> str:
     """One line naming the machine, for benchmark headers and metrics."""
-    from sweep.launchers.protocol import cpu_cores
 
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{cpu_name()} ({cpu_capability()}), {cpu_cores()} cores{gpu}, torch {torch.__version__}, "
+    return (f"{cpu_name()} ({cpu_capability()}), {len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()} cores{gpu}, torch {torch.__version__}, "
             f"Python {platform.python_version()}")
 
 

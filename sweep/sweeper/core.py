@@ -39,7 +39,7 @@ from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.launchers.protocol import BatchAdapter, TrialLauncher
 from sweep.checks import names, plain as _plain, validate
 from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
-from sweep.sweeper.space import SearchSpace
+from sweep.sweeper.space import SearchSpace, quote
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,6 @@ def directions_of(direction: Any) -> list[str]:
         raise UserError(f"hydra.sweeper.direction={_plain(direction)!r} is invalid: expected minimize, maximize, "
                         "or a list of them (one per objective)")
     return names
-
-
-def quote(value: str) -> str:
-    """A string as a Hydra override value, whatever it holds (quotes, spaces, ${...})."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
 
 
 class GuardedTask:
@@ -252,7 +247,7 @@ class SweepImpl:
                 try:
                     OmegaConf.update(cfg, key.lstrip("+"), choice, force_add=key.startswith("+"))
                 except Exception as e:  # a value the config's schema refuses
-                    raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
+                    raise UserError(f"hydra.sweeper.params: a trial with {shorten(str(probe), 300)} cannot be composed: "
                                     f"{first_line(e)}") from None
                 self._run_check(cfg, probe)
 
@@ -262,7 +257,7 @@ class SweepImpl:
         except Exception as e:  # an unknown key, a value of the wrong type: Hydra names it
             if _interrupted(e):  # Ctrl-C inside Hydra's code can surface as another error raised while handling it
                 raise KeyboardInterrupt from None
-            raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} cannot be composed: "
+            raise UserError(f"hydra.sweeper.params: a trial with {shorten(str(probe), 300)} cannot be composed: "
                             f"{first_line(e)}") from None
 
     def _run_check(self, cfg: DictConfig, probe: dict) -> None:
@@ -271,9 +266,9 @@ class SweepImpl:
         try:
             self.check(cfg)
         except UserError as e:
-            raise UserError(f"hydra.sweeper.params: a trial with {_short(probe)} would fail: {e}") from None
+            raise UserError(f"hydra.sweeper.params: a trial with {shorten(str(probe), 300)} would fail: {e}") from None
         except SystemExit as e:
-            raise UserError(f"hydra.sweeper.check called sys.exit({e.code!r}) on a trial with {_short(probe)}") from None
+            raise UserError(f"hydra.sweeper.check called sys.exit({e.code!r}) on a trial with {shorten(str(probe), 300)}") from None
 
     def _claim(self, sweep_dir: Path, handle, earlier: int) -> None:
         """Make the sweep folder this study's: two studies in one folder would overwrite each other's runs."""
@@ -309,10 +304,6 @@ def _interrupted(e: BaseException | None) -> bool:
 
 def _choice(config: DictConfig, group: str) -> str | None:
     return OmegaConf.select(config, "hydra.runtime.choices", default={}).get(group)
-
-
-def _short(probe: dict) -> str:
-    return shorten(str(probe), 300)
 
 
 def _resolve(path: Any, setting: str):

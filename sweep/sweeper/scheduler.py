@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from sweep import attrs
 from sweep.sweeper import storage as st
-from sweep.errors import UserError, first_line
+from sweep.errors import UserError, first_line, shorten
 from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied
 from sweep.launchers.job import job_error
 from sweep.sweeper.study import FINISHED, StudyHandle
@@ -192,22 +192,17 @@ def objective_values(value: Any, n: int) -> tuple[list[float] | None, str | None
     if items is None and n == 1:
         items = [value]
     if items is None or not all(number(v) for v in items):
-        return None, f"the task returned {_short(value)}, expected {expected}"
+        return None, f"the task returned {shorten(repr(value), 80)}, expected {expected}"
     try:
         values = [float(v) for v in items]
     except (OverflowError, ValueError):  # 10**400: an int no float can hold
-        return None, f"the task returned {_short(value)}, not a finite number"
+        return None, f"the task returned {shorten(repr(value), 80)}, not a finite number"
     if len(values) != n:
-        return None, (f"the task returned {_short(tuple(values))}, expected {n} value(s): hydra.sweeper.direction "
+        return None, (f"the task returned {shorten(repr(tuple(values)), 80)}, expected {n} value(s): hydra.sweeper.direction "
                       f"has {n} objective(s)")
     if not all(math.isfinite(v) for v in values):
-        return None, f"the task returned {_short(value)}, not a finite number"
+        return None, f"the task returned {shorten(repr(value), 80)}, not a finite number"
     return values, None
-
-
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _inf(value: float | None) -> float:

@@ -108,10 +108,15 @@ class SearchSpace:
         return grid
 
 
+def quote(value: str) -> str:
+    """A string as a Hydra override value, whatever it holds (quotes, spaces, ${...}): the one quoting rule."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'").replace("${", "\\${") + "'"
+
+
 def override_value(value: Any) -> str:
     """A parameter's value as an override: strings that would parse as something else are quoted."""
     if isinstance(value, str) and not (PLAIN.fullmatch(value) and value.lower() not in KEYWORDS):
-        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        return quote(value)
     return str(value)
 
 

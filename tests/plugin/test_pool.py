@@ -268,3 +268,27 @@ print(signal.getsignal(signal.SIGINT) is mine, signal.getsignal(signal.SIGTERM) 
     result = run_app(cwd=tmp_path, script=host)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "True True"
+
+
+def test_an_interrupted_sweep_leaves_its_host_process_ctrl_c_working(tmp_path):
+    host = tmp_path / "host.py"
+    host.write_text("""
+import os, signal, sys
+import hydra
+
+@hydra.main(config_path=None, config_name=None, **({"version_base": None} if hydra.__version__.startswith("1.3") else {}))
+def main(cfg):
+    os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the trial runs (the basic launcher runs it in this process)
+    return float(cfg.x)
+
+sys.argv = ["host.py", "--multirun", "hydra/sweeper=sweep", "hydra/launcher=basic", "+x=choice(1,2)",
+            "hydra.sweeper.n_trials=1"]
+try:
+    main()
+except SystemExit as e:
+    print("exit", e.code)
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+""")
+    result = run_app(cwd=tmp_path, script=host)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-2:] == ["exit 130", "True"], result.stdout + result.stderr
