@@ -23,6 +23,9 @@ from hydra import compose, initialize_config_dir
 from common import CIFAR_JPEG, header
 from sweep.mlp.model import MLP
 from sweep.mlp.train import CONF_DIR, train
+from sweep.mlp.config import register_resolvers
+
+register_resolvers()  # ${mlp_layers:...} in conf/model/mlp.yaml
 
 TUTORIAL = ["+experiment=tutorial", "data=imagefolder", f"data.root={CIFAR_JPEG}", "data.val_size=5000"]
 

@@ -21,6 +21,9 @@ from hydra import compose, initialize_config_dir
 
 from common import header
 from sweep.mlp.train import CONF_DIR, train
+from sweep.mlp.config import register_resolvers
+
+register_resolvers()  # ${mlp_layers:...} in conf/model/mlp.yaml
 
 
 def fake_cifar10(root: Path) -> Path:

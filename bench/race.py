@@ -1,8 +1,8 @@
 """The race: one sweep, the same work, against the peers a user would pick instead, side by side in one run.
 
-    python bench/race.py [--rounds 3] [--trials 40] [--epochs 40] [--plot docs/race.png]
-    python bench/race.py --data cifar10 --budget 1800 --rounds 1 [--plot docs/race_cifar10.png]
-    python bench/race.py --data cifar10 --replot docs/race_cifar10.json --plot docs/race_cifar10.png
+    python bench/race.py [--rounds 3] [--trials 40] [--epochs 40] [--plot docs/img/race.png]
+    python bench/race.py --data cifar10 --budget 1800 --rounds 1 [--plot docs/img/race_cifar10.png]
+    python bench/race.py --data cifar10 --replot docs/race_cifar10.json --plot docs/img/race_cifar10.png
 
 Every contender trains sweep.train's MLP, two trials at a time on this machine, each from a fresh process
 (start-up counts). Rounds interleave the contenders; the table shows medians.

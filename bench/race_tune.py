@@ -27,6 +27,8 @@ def trainable(config: dict) -> None:
     from ray import tune
 
     from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS, train
+    from sweep.mlp.config import register_resolvers
+    register_resolvers()
 
     torch.set_num_threads(1)  # one CPU per trial, as the pool gives each of two workers on two cores
     overrides = [f"{k}={v}" for k, v in config["params"].items()] + list(config["fixed"])

@@ -158,3 +158,34 @@ def install_wheel(tmp_path: Path) -> str:
                                capture_output=True, text=True, env=env)
     assert installed.returncode == 0, installed.stderr
     return python
+
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def runnable_blocks(kind: str = "") -> list[tuple[str, dict[str, str], str]]:
+    """Every block marked `<!-- runnable -->` (or `<!-- runnable: KIND -->`) in the README and the docs, with the
+    files marked `<!-- file: PATH -->` before it in the same page: (page, files, commands)."""
+    import re
+
+    found = []
+    for page in DOCS:
+        files: dict[str, str] = {}
+        for m in re.finditer(r"<!-- (file: (\S+)|runnable(?:: (\w+))?) -->\n```[\w-]*\n(.*?)```", page.read_text(), re.S):
+            if m.group(2):
+                files[m.group(2)] = m.group(4)
+            elif (m.group(3) or "") == kind:
+                found.append((page.name, dict(files), m.group(4)))
+    return found
+
+
+def run_block(files: dict[str, str], commands: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a docs block as a reader would: its files written, its commands in bash, warnings left on."""
+    for name, text in files.items():
+        (cwd / name).parent.mkdir(parents=True, exist_ok=True)
+        (cwd / name).write_text(text)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONWARNINGS"}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is this Python
+    return subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, start_new_session=True)

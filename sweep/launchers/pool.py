@@ -201,7 +201,7 @@ class PoolLauncher(AsyncLauncher):
         # The task's module, and what every job needs: Optuna and the storage's database layer, imported once. A
         # torch task's first optimizer imports torch._dynamo (1.3 s on this project's machine): once, here, too.
         heavy = ["torch._dynamo"] if "torch" in sys.modules else []
-        ctx.set_forkserver_preload([m for m in (module, "sweep.launchers.job", "sweep.sweeper.task", "sweep.sweeper.storage", "optuna",
+        ctx.set_forkserver_preload([m for m in ("sweep.launchers.quiet", module, "sweep.launchers.job", "sweep.sweeper.task", "sweep.sweeper.storage", "optuna",
                                                 "sqlalchemy", "cloudpickle", "tblib", *heavy) if m])
         # A worker forked from the server re-runs a `python -m` main module that the server already imported,
         # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.

@@ -93,3 +93,17 @@ def test_journal_storage_command_line_space_and_a_diverging_trial_pruned_with_it
     assert by_lr[1e12].state == TrialState.PRUNED and by_lr[1e12].user_attrs["status"] == "diverged"
     assert by_lr[1e12].user_attrs["stop_reason"].startswith("pruned: training diverged")
     assert re.search(r"2 trial\(s\): 1 complete, 1 pruned, 0 failed", result.stderr + result.stdout)
+
+
+def test_the_readme_demo_runs_as_written_and_quietly(tmp_path):
+    import re
+
+    from helpers import ROOT, run_block
+
+    readme = (ROOT / "README.md").read_text()
+    (install, demo) = re.search(r"python -m pip install '\.\[mlp\]' && (python -m sweep\.train [^\n]+)", readme).group(0, 1)
+    result = run_block({}, demo, tmp_path)  # the package is installed already: the sweep part of the command
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout + result.stderr
+    assert not [line for line in out.splitlines() if re.search(r"warning", line, re.I)], out[-3000:]
+    assert "Sweep done: 12 trial(s)" in out and list(tmp_path.glob("multirun/*/*/report.html"))

@@ -1,0 +1,32 @@
+"""The README and the docs: every block marked runnable runs as written, without a warning, and the README stays
+short and free of commit hashes and issue numbers."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from helpers import DOCS, ROOT, run_block, runnable_blocks
+
+BLOCKS = runnable_blocks()
+
+
+def test_there_are_runnable_blocks_and_the_own_app_is_one_of_them():
+    assert any("my_app.py" in files for _, files, _ in BLOCKS)
+
+
+@pytest.mark.parametrize("page, files, commands", BLOCKS, ids=[f"{p}:{c.strip()[:40]}" for p, _, c in BLOCKS])
+def test_a_runnable_block_runs_as_written_and_quietly(tmp_path, page, files, commands):
+    result = run_block(files, commands, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    noise = [line for line in (result.stdout + result.stderr).splitlines() if re.search(r"warning", line, re.I)]
+    assert not noise, noise
+
+
+def test_the_readme_is_short_and_the_docs_name_no_commit_or_issue():
+    assert len((ROOT / "README.md").read_text().splitlines()) < 300
+    for page in DOCS:
+        text = page.read_text()
+        assert not re.search(r"\bcommit [0-9a-f]{7}\b", text), page.name
+        assert not re.search(r"\bissue #?\d+|\(#\d+\)", text, re.I), page.name
