@@ -53,14 +53,40 @@ class Payload:
 def run_job(payload: Payload, idx: int, overrides: list[str], console: str, node: str = "") -> Outcome:
     """One job, as Hydra's own launchers run it (the job's config, its output folder, then the task), with what
     it prints kept in the run's console.log unless console is `terminal`."""
+    started = time.time()
+    where = dict(node=node or socket.gethostname(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=started)
+    with _restored():
+        ret = _run(payload, idx, overrides, console)
+    return Outcome(_picklable(ret), seconds=time.time() - started, **where)
+
+
+class _restored:
+    """A worker runs trial after trial: what one trial changes in its process (the standard streams, the working
+    directory, the environment) is put back before the next."""
+
+    def __enter__(self):
+        self.streams = (sys.stdin, sys.stdout, sys.stderr)
+        self.cwd, self.env = os.getcwd(), dict(os.environ)
+
+    def __exit__(self, *exc):
+        sys.stdin, sys.stdout, sys.stderr = self.streams
+        try:
+            os.chdir(self.cwd)
+        except OSError:
+            pass
+        if dict(os.environ) != self.env:
+            os.environ.clear()
+            os.environ.update(self.env)
+        return False
+
+
+def _run(payload: Payload, idx: int, overrides: list[str], console: str) -> JobReturn:
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.singleton import Singleton
     from hydra.core.utils import run_job as hydra_run_job
     from hydra.core.utils import setup_globals
     from omegaconf import OmegaConf, open_dict
 
-    started = time.time()
-    where = dict(node=node or socket.gethostname(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=started)
     try:
         # A worker of another engine (Ray) may start elsewhere: the sweep's relative paths are the sweep's.
         home = OmegaConf.select(payload.config, "hydra.runtime.cwd")
@@ -93,7 +119,7 @@ def run_job(payload: Payload, idx: int, overrides: list[str], console: str, node
                     out.write("".join(traceback.format_exception(error)))
     except Exception as e:  # the job's config would not compose, or its folder cannot be made: the trial fails
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
-    return Outcome(_picklable(ret), seconds=time.time() - started, **where)
+    return ret
 
 
 class _output_to:
@@ -103,8 +129,9 @@ class _output_to:
         self.path = path
 
     def __enter__(self):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        self.streams = [sys.stdout, sys.stderr]  # flushed on the way out even if the task replaced them
+        for stream in self.streams:
+            stream.flush()
         self.file = open(self.path, "a", buffering=1)
         self.saved = [os.dup(1), os.dup(2)]
         os.dup2(self.file.fileno(), 1)
@@ -112,8 +139,8 @@ class _output_to:
         return self.file
 
     def __exit__(self, *exc):
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in self.streams:
+            stream.flush()
         os.dup2(self.saved[0], 1)
         os.dup2(self.saved[1], 2)
         for fd in self.saved:

@@ -292,3 +292,14 @@ print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
     result = run_app(cwd=tmp_path, script=host)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-2:] == ["exit 130", "True"], result.stdout + result.stderr
+
+
+def test_a_trial_that_breaks_its_worker_costs_no_later_trial(tmp_path):
+    # One worker runs all three; the first leaves it with no stdout or stderr, in /, with a changed environment.
+    result = run_app("--multirun", "hydra.sweeper.n_jobs=1", "hydra.sweeper.n_trials=3", "break_trial=0",
+                     "print=hello", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = _trials(tmp_path)
+    assert [t.state for t in found.values()] == [TrialState.COMPLETE] * 3
+    assert [found[n].user_attrs["env"] for n in (1, 2)] == ["", ""]
+    assert all("hello" in (Path(t.user_attrs["run_dir"]) / "console.log").read_text() for t in found.values())

@@ -57,6 +57,12 @@ def main(cfg: DictConfig) -> float:
         if epoch < cfg.epochs and trial.should_prune():
             raise optuna.TrialPruned()
     trial.set_user_attr("note", f"pid {os.getpid()}")
+    trial.set_user_attr("env", os.environ.get("SWEEP_TEST_BROKEN", ""))
+    if cfg.break_trial == trial.number:  # what a careless task can do to the process it runs in
+        os.environ["SWEEP_TEST_BROKEN"] = "yes"
+        os.chdir("/")
+        sys.stdout = None
+        sys.stderr = None
     with open(out / "span", "a") as f:
         f.write(f"{time.time()}\n")
     return cfg.returns if cfg.returns is not None else value
