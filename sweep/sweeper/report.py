@@ -21,6 +21,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import matplotlib
 from matplotlib.figure import Figure
 import optuna
 import pandas as pd
@@ -30,7 +31,7 @@ from optuna.trial import FrozenTrial, TrialState
 from sweep import atomic
 from sweep.sweeper import storage as st
 from sweep.attrs import FAIL_REASON, GPUS, NODE, RUN_DIR, RUN_SECONDS, STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS
-from sweep.errors import UserError, first_line
+from sweep.errors import UserError, first_line, shorten
 
 log = logging.getLogger(__name__)
 
@@ -416,22 +417,28 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     table = trials_table(study)
     atomic.write_text(out_dir / "report.csv", table.to_csv(index=False))
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    plots = []
+    plots: list[str] = []
+
+    def draw(name: str, plot, *args) -> None:
+        """One plot, its labels taken literally (a '$' in a metric name or a choice is not math markup); a plot
+        that cannot be drawn (values no axis can hold) is left out with a warning, never the whole report."""
+        try:
+            with matplotlib.rc_context({"text.parse_math": False}):
+                plot(*args, out_dir / name)
+            plots.append(name)
+        except (ValueError, OverflowError, RuntimeError, TypeError, MemoryError) as e:
+            log.warning("report: %s not drawn (%s)", name, first_line(e)[:200])
+
     if len(objs) == 1:
-        plot_best_so_far({study.study_name: best_so_far(trials, maximize)}, metric, maximize, out_dir / "best_so_far.png")
-        plots.append("best_so_far.png")
+        draw("best_so_far.png", plot_best_so_far, {study.study_name: best_so_far(trials, maximize)}, metric, maximize)
     else:
-        plot_pareto(study, objs, out_dir / "pareto.png")
-        plots.append("pareto.png")
+        draw("pareto.png", plot_pareto, study, objs)
     if any(t.intermediate_values for t in finished):
-        plot_learning_curves(finished, metric, maximize, out_dir / "learning_curves.png")
-        plots.append("learning_curves.png")
-    plot_params(finished, metric, out_dir / "params.png")
-    plot_importance(study, objs, out_dir / "importance.png")
-    plots += ["params.png", "importance.png"]
+        draw("learning_curves.png", plot_learning_curves, finished, metric, maximize)
+    draw("params.png", plot_params, finished, metric)
+    draw("importance.png", plot_importance, study, objs)
     if len(objs) == 1:
-        plot_cost(table, metric, maximize, out_dir / "cost.png")
-        plots.append("cost.png")
+        draw("cost.png", plot_cost, table, metric, maximize)
     top = headline(study, table)
     atomic.write_text(out_dir / "report.md", top + "\n\n" + markdown(table))
     _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots)
@@ -480,10 +487,17 @@ def compare(sweep_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
     return table
 
 
+CELL = 200  # characters a cell shows in report.md, report.html and on the terminal (report.csv keeps everything)
+
+
+def _capped(v):
+    return shorten(v, CELL) if isinstance(v, str) else v
+
+
 def _cell(v) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return ""
-    return f"{v:.4g}" if isinstance(v, float) else str(v).replace("|", "\\|")
+    return f"{v:.4g}" if isinstance(v, float) else shorten(str(v), CELL).replace("|", "\\|")
 
 
 def markdown(table: pd.DataFrame) -> str:
@@ -511,7 +525,7 @@ img {{ max-width: 100%; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1>{"".join(f"<p>{html.escape(line)}</p>" for line in summary.splitlines())}
 {figures}
-<h2>All runs</h2><div class="scroll">{table.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
+<h2>All runs</h2><div class="scroll">{table.apply(lambda col: col.map(_capped)).to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
 </body></html>
 """
     atomic.write_text(path, page)
@@ -520,6 +534,7 @@ img {{ max-width: 100%; }}
 def print_top(table: pd.DataFrame, n: int = 10) -> None:
     """The best rows on the terminal, without the columns report.html has room for."""
     shown = table.drop(columns=["run_dir", "node", "gpus", "startup_seconds"], errors="ignore").head(n)
+    shown = shown.apply(lambda col: col.map(lambda v: shorten(v, 60) if isinstance(v, str) else v))
     print(shown.to_string(index=False, float_format=lambda v: f"{v:.4g}", na_rep="-"))
 
 

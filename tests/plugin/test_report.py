@@ -264,3 +264,21 @@ def test_curves_are_labelled_with_results_and_clipped_to_the_bulk_of_the_values(
     assert labels[:5] == [f"trial {n}: {0.6 + n / 100:.4g}" for n in (4, 3, 2, 1, 0)]  # results, not best reports
     assert ax.get_ylim()[1] < 2 and "1 of 16 points outside" in ax.get_title()
     plt.close(captured["fig"])
+
+
+def test_hostile_labels_huge_values_and_huge_attributes_are_drawn_or_skipped_never_a_traceback(tmp_path):
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    study = optuna.create_study(study_name="a $b^$ study", storage=url, direction="maximize")
+    study.set_metric_names(["$x^$"])
+    space = {"c": optuna.distributions.CategoricalDistribution(["$a^$", "plain"]),
+             "lr": optuna.distributions.FloatDistribution(1e-3, 1.0, log=True)}
+    for i, value in enumerate([1e308, -1e308, 0.5, 0.25]):
+        study.add_trial(optuna.trial.create_trial(
+            params={"c": "$a^$" if i % 2 else "plain", "lr": 10 ** -(i % 3)}, distributions=space, value=value,
+            intermediate_values={1: value, 2: value}, user_attrs={"blob": "x" * 3_000_000} if i == 0 else {}))
+    result = run_cli("sweep.report", "--storage", url, "--study", "a $b^$ study", "--out", str(tmp_path / "out"),
+                     cwd=tmp_path)
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(result.stdout) < 20_000  # the 3 MB attribute is cut on the terminal
+    assert (tmp_path / "out" / "report.html").stat().st_size < 1_000_000
+    assert len((tmp_path / "out" / "report.csv").read_text()) > 3_000_000  # the table file keeps everything
