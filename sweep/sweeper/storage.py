@@ -218,7 +218,10 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
 
     url, engine_kwargs = storage.url, None
     if storage.kind == "sqlite":
-        engine_kwargs = {"connect_args": {"timeout": 60}}  # wait for the other process's write, don't fail
+        # Wait up to 60 s for another process's write instead of failing. A transaction takes its write lock when it
+        # begins (BEGIN IMMEDIATE, which waits) rather than upgrading from a read, which SQLite refuses at once with
+        # "database is locked" whenever another writer got there first.
+        engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": "IMMEDIATE"}}
         if create:
             try:
                 storage.path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,7 +241,7 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
             except errors() as e:
                 # Workers starting together on an empty database race to create Optuna's tables;
                 # the loser sees a duplicate-key error and finds the tables there on the next try.
-                racing = "duplicate key" in str(e) or "already exists" in str(e)
+                racing = any(w in str(e) for w in ("duplicate key", "already exists", "UNIQUE constraint failed"))
                 if not racing or attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))

@@ -9,6 +9,7 @@ import socket
 import threading
 from pathlib import Path
 
+import optuna
 import pytest
 
 from helpers import assert_one_line_error, run_app, run_cli
@@ -195,3 +196,40 @@ def test_a_journal_lock_left_by_a_process_killed_mid_write_is_broken(tmp_path, m
     writer.join(timeout=120)
     assert written == [0]
     assert not Path(f"{path}.lock").exists()  # released after the write
+
+
+WRITER = """
+import sys, optuna
+from pathlib import Path
+from sweep.sweeper import storage as st
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+spec = st.parse(sys.argv[1], base=Path.cwd())
+study = optuna.create_study(study_name="stress", storage=st.open_storage(spec), load_if_exists=True)
+for _ in range(5):
+    trial = study.ask()
+    trial.report(0.5, 1)
+    study.tell(trial, trial.number)
+"""
+
+
+def _stress(tmp_path, rounds: int) -> None:
+    import subprocess
+    import sys
+
+    for r in range(rounds):
+        url = f"sqlite:///{tmp_path / f'stress{r}.db'}"
+        procs = [subprocess.Popen([sys.executable, "-c", WRITER, url], stderr=subprocess.PIPE, text=True)
+                 for _ in range(8)]
+        errors = [p.communicate(timeout=300)[1] for p in procs]
+        assert all(p.returncode == 0 for p in procs), [e[-1500:] for e in errors if e]
+        numbers = [t.number for t in optuna.load_study(study_name="stress", storage=url).trials]
+        assert sorted(numbers) == list(range(40))  # every trial landed once
+
+
+def test_eight_processes_create_and_write_one_new_sqlite_study_at_once(tmp_path):
+    _stress(tmp_path, rounds=2)
+
+
+@pytest.mark.slow
+def test_eight_processes_create_and_write_one_new_sqlite_study_100_times(tmp_path):
+    _stress(tmp_path, rounds=100)
