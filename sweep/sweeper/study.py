@@ -160,8 +160,10 @@ class StudyHandle:
         now, retried = time.time(), []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             beat = t.system_attrs.get(HEARTBEAT)
-            if t.number in self._ids or not isinstance(beat, (int, float)) or now - beat <= self.grace_period:
-                continue  # ours, from a sweep that predates heartbeats, or alive
+            if not isinstance(beat, (int, float)):  # killed between its creation and its first heartbeat
+                beat = t.datetime_start.timestamp() if t.datetime_start else now
+            if t.number in self._ids or now - beat <= self.grace_period:
+                continue  # ours, or alive
             if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
                 log.warning("Trial %d: its sweep stopped sending heartbeats %.0f s ago; marked FAIL",
                             t.number, now - beat)

@@ -184,3 +184,23 @@ def test_a_result_no_float_can_hold_fails_its_trial_and_the_sweep_goes_on(tmp_pa
     assert [t.state for t in found] == [TrialState.FAIL, TrialState.FAIL]
     assert all("not a finite number" in t.user_attrs["fail_reason"] for t in found)
     assert_one_line_error(result, "failed")
+
+
+def test_a_trial_whose_sweep_died_before_its_first_heartbeat_is_failed_and_retried_by_the_next(tmp_path):
+    import sqlite3
+
+    assert run_app("--multirun", "hydra.sweeper.n_trials=1", cwd=tmp_path).returncode == 0
+    study = optuna.load_study(study_name=STUDY, storage=f"sqlite:///{_db(tmp_path)}")
+    done = study.trials[0]
+    # What a SIGKILL right after the trial's creation leaves: RUNNING, no heartbeat, started long ago.
+    study.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING, params=done.params,
+                                              distributions=done.distributions))
+    with sqlite3.connect(_db(tmp_path)) as db:
+        db.execute("UPDATE trials SET datetime_start = '2020-01-01 00:00:00' WHERE number = 1")
+    result = run_app("--multirun", "hydra.sweeper.n_trials=1", "hydra.sweeper.retries=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = trials(_db(tmp_path), STUDY)
+    assert found[1].state == TrialState.FAIL and "heartbeats" in found[1].user_attrs["fail_reason"]
+    retried = [t for t in found if t.system_attrs.get("failed_trial") == 1]
+    assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
+    assert not [t for t in found if t.state == TrialState.RUNNING]
