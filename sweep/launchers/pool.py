@@ -157,6 +157,7 @@ class PoolLauncher(AsyncLauncher):
                 self._lifeline = None
         for proc, _ in workers:
             if kill and proc.is_alive():
+                _kill_group(proc.pid)  # the worker and whatever its trial started
                 proc.kill()
         if kill and self._ctx is not None and self._ctx.get_start_method() == "forkserver":
             with _pools_lock:
@@ -270,8 +271,11 @@ class PoolLauncher(AsyncLauncher):
             try:
                 conn.send((idx, overrides, self.console))
                 wait([conn, proc.sentinel])
+                if not conn.poll(0):  # the worker ended without answering (its children may still hold the pipe)
+                    raise EOFError("no answer")
                 future.set_result(conn.recv())
             except (EOFError, OSError) as e:
+                _kill_group(proc.pid)  # what the dead worker's trial started goes with it
                 proc.join(timeout=5)
                 code = proc.exitcode
                 why = (f"worker died: signal {-code}" if code is not None and code < 0
@@ -293,12 +297,22 @@ class PoolLauncher(AsyncLauncher):
 # ------------------------------------------------------------ the worker process
 
 
+def _kill_group(pid: int) -> None:
+    """SIGKILL a worker's process group: the worker leads its own, which its trial's children join."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except OSError:
+        pass
+
+
 def _die_with_sweep(lifeline) -> None:
-    """End this process when the sweep ends, however it ends: the lifeline's write end closes with the sweep."""
+    """End this process, and what its trials started, when the sweep ends, however it ends: the lifeline's write end
+    closes with the sweep."""
     def watch() -> None:
         try:
             lifeline.poll(None)  # readable only at end of file: nobody writes to it
         finally:
+            _kill_group(os.getpid())
             os.kill(os.getpid(), signal.SIGKILL)
 
     threading.Thread(target=watch, daemon=True, name="lifeline").start()
@@ -312,6 +326,7 @@ def _die_with_sweep(lifeline) -> None:
 
 
 def _worker_main(conn, lifeline, settings) -> None:
+    os.setpgrp()  # a group of its own, so stopping the worker also stops the processes its trials start
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's to handle
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _die_with_sweep(lifeline)

@@ -303,3 +303,15 @@ def test_a_trial_that_breaks_its_worker_costs_no_later_trial(tmp_path):
     assert [t.state for t in found.values()] == [TrialState.COMPLETE] * 3
     assert [found[n].user_attrs["env"] for n in (1, 2)] == ["", ""]
     assert all("hello" in (Path(t.user_attrs["run_dir"]) / "console.log").read_text() for t in found.values())
+
+
+def test_a_trial_that_forks_children_does_not_keep_the_stopped_sweep_alive(tmp_path):
+    proc = start_app("--multirun", "hydra.sweeper.n_trials=2", "fork_children=10", "epochs=100000",
+                     "epoch_seconds=0.05", cwd=tmp_path)
+    wait_for(lambda: len([t for t in _trials(tmp_path).values() if t.intermediate_values]) == 2, "two trials training",
+             process=proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert all(t.state == TrialState.FAIL for t in _trials(tmp_path).values())
+    # The forked children went with their workers: the fixture fails the test if any is left.

@@ -36,6 +36,10 @@ def main(cfg: DictConfig) -> float:
         deadline = time.monotonic() + 120
         while len(list(folder.iterdir())) < cfg.barrier and time.monotonic() < deadline:
             time.sleep(0.05)
+    for _ in range(cfg.fork_children):  # children that inherit every descriptor, the worker's pipe among them
+        if os.fork() == 0:
+            time.sleep(600)
+            os._exit(0)
     done = 0
     for folder in (out, sweep.previous_run_dir(trial)):  # resume where this run, or the run it retries, stopped
         if folder is not None and (folder / "last_epoch").is_file():
