@@ -257,6 +257,16 @@ class SlurmPoolLauncherConf:
 def register() -> None:
     """Put the configs in Hydra's ConfigStore, leaving entries that are there already: Hydra may load this module
     more than once, and hydra-optuna-sweeper, when installed, registers the same sampler group (same fields)."""
+    import importlib
+    import importlib.util
+
+    # hydra-optuna-sweeper registers the same sampler group names without looking, and warns where they exist: when
+    # it is installed, its configs (the same fields) go in first, and ours fill only what it lacks.
+    try:
+        if importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is not None:
+            importlib.import_module("hydra_plugins.hydra_optuna_sweeper.config")
+    except Exception:  # a broken install of it is not this plugin's failure
+        pass
     store = ConfigStore.instance()
     entries = [("hydra/sweeper", "sweep", SweeperConf)]
     entries += [("hydra/sweeper/sampler", name, node) for name, node in [

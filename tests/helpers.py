@@ -152,7 +152,9 @@ def install_wheel(tmp_path: Path) -> str:
     python = str(venv / "bin" / "python")
     purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                              capture_output=True, text=True, check=True).stdout.strip()
-    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    # This environment's own packages, and those it sees beyond it (a venv made with --system-site-packages).
+    here = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"],
+            *(p for p in sys.path if p.endswith(("site-packages", "dist-packages")))}
     (Path(purelib) / "outer-env.pth").write_text("\n".join(sorted(here)) + "\n")
     installed = subprocess.run([python, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--ignore-installed", str(wheel)],
                                capture_output=True, text=True, env=env)

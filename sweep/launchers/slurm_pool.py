@@ -8,10 +8,14 @@ queues it again, and an app that keeps a last.pt (sweep.train does) resumes from
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
+import os
+import signal
 import shutil
 import threading
+import time
 import uuid
 from concurrent.futures import Future
 from pathlib import Path
@@ -90,7 +94,9 @@ class SlurmPoolLauncher(AsyncLauncher):
         future: Future = Future()
         future.set_running_or_notify_cancel()
         try:
-            job = self._executor.submit(_submitit_job, self._payload, job_idx, list(overrides))
+            sweep_pid = os.getpid() if self.executor_name == "local" else None
+            with _ctrl_c_ignored_by_children(self.executor_name == "local"):
+                job = self._executor.submit(_submitit_job, self._payload, job_idx, list(overrides), sweep_pid)
         except Exception as e:  # sbatch refused it: a bad partition, no such account
             future.set_exception(UserError(f"hydra/launcher=slurm_pool: the job was not accepted: {first_line(e)}"))
             return future
@@ -136,10 +142,52 @@ class SlurmPoolLauncher(AsyncLauncher):
         self._executor, self.slots = None, 0
 
 
-def _submitit_job(payload: bytes, idx: int, overrides: list[str]) -> Outcome:
+def _submitit_job(payload: bytes, idx: int, overrides: list[str], sweep_pid: int | None = None) -> Outcome:
     import cloudpickle
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the sweep's: it cancels its jobs itself
+    if sweep_pid is not None:  # a local job: it ends with the sweep, however the sweep ends
+        _die_with(sweep_pid)
     return run_job(cloudpickle.loads(payload), idx, overrides, "file")
+
+
+@contextlib.contextmanager
+def _ctrl_c_ignored_by_children(local: bool):
+    """submitit's local executor starts a controller process per job in the sweep's process group, so a Ctrl-C in
+    the terminal reaches it too and it prints a KeyboardInterrupt traceback. Started with Ctrl-C ignored (inherited
+    through fork and exec), it leaves Ctrl-C to the sweep, which cancels its jobs itself."""
+    if not local or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:  # a killed sweep whose parent has not reaped it yet is a zombie
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        pass
+    return True
+
+
+def _die_with(pid: int) -> None:
+    def watch() -> None:
+        while _alive(pid):
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="sweep-watch").start()
 
 
 __all__ = ["SlurmPoolLauncher"]

@@ -76,3 +76,23 @@ def test_a_result_file_left_in_a_reused_sweep_folder_is_never_read(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not marker.exists()
     assert [t.state for t in trials(_db(tmp_path), STUDY)] == [TrialState.COMPLETE] * 2
+
+
+def test_a_killed_sweeps_local_jobs_end_with_it_and_ctrl_c_is_one_line(tmp_path):
+    from helpers import marked_processes
+
+    args = ["--multirun", *LOCAL, "hydra.sweeper.n_trials=2", "epochs=100000", "epoch_seconds=0.05"]
+    proc = start_app(*args, cwd=tmp_path)
+    wait_for(lambda: len([t for t in trials(_db(tmp_path), STUDY) if t.intermediate_values]) == 2, "two jobs training",
+             process=proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate(timeout=60)
+    wait_for(lambda: not marked_processes(), "the jobs to end with their sweep", timeout=30)
+
+    proc = start_app(*args, f"hydra.sweep.dir={tmp_path / 'second'}", cwd=tmp_path)
+    wait_for(lambda: len([t for t in trials(_db(tmp_path), STUDY) if t.intermediate_values]) == 4, "two new jobs",
+             process=proc)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the local jobs too: they leave it to the sweep
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "KeyboardInterrupt" not in err and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1].startswith("error: sweep interrupted")
