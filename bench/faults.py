@@ -3,6 +3,9 @@ optionally beside CPU-bound processes (the load under which some of these faults
 
     python bench/faults.py [--load 2]
 
+Hostile input, round three:
+  a stale submitit result pickle in a reused sweep folder; a journal torn by a crash mid-write; a sweep killed
+  between creating a trial and its first heartbeat; a trial that forks; SQLite writers racing on a new study
 Issue #18 (hostile input, round two):
   1 a shared sweep folder whose study.json names a host and an ${oc.env:...} secret
   2 passwords in storage URLs: literal, behind a default, in the query, in an override that does not parse
@@ -27,7 +30,18 @@ from common import header
 
 ROOT = Path(__file__).resolve().parents[1]
 P, H = "tests/plugin", "tests/harness"
+X = "tests/extras"
 CASES = [
+    ("#26.1", "a planted submitit result pickle in a reused sweep folder: never read, no code runs",
+     [f"{X}/test_slurm_pool.py::test_a_result_file_left_in_a_reused_sweep_folder_is_never_read"]),
+    ("#26.4", "a journal torn mid-write: torn record moved aside, every complete one kept, the rerun goes on",
+     [f"{P}/test_study.py::test_a_journal_whose_last_record_was_torn_loses_nothing_and_the_rerun_goes_on"]),
+    ("#26.7", "killed between a trial's creation and its first heartbeat: failed and retried, nothing RUNNING",
+     [f"{P}/test_study.py::test_a_trial_whose_sweep_died_before_its_first_heartbeat_is_failed_and_retried_by_the_next"]),
+    ("#26.10", "a trial that forks, then Ctrl-C: the sweep stops, nothing left running",
+     [f"{P}/test_pool.py::test_a_trial_that_forks_children_does_not_keep_the_stopped_sweep_alive"]),
+    ("#26.15", "8 processes creating and writing one new SQLite study at once: no 'database is locked'",
+     [f"{P}/test_storage.py::test_eight_processes_create_and_write_one_new_sqlite_study_at_once"]),
     ("#18.1", "a hostile study.json: no secret resolved, nothing sent to its host",
      [f"{P}/test_storage.py::test_a_hostile_sweep_folder_sends_no_secret_anywhere",
       f"{P}/test_storage.py::test_the_saved_study_record_is_data_not_a_url_to_trust"]),

@@ -248,6 +248,13 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
     except UserError:
         raise
     except Exception as e:
+        missing = _cause(e)
+        if isinstance(missing, ModuleNotFoundError):  # the database's driver
+            hint = {"psycopg": "pip install 'sweep[postgres]'",
+                    "psycopg2": "pip install 'sweep[postgres]' and write postgresql+psycopg://..."}.get(
+                str(missing.name), f"install the package that provides {missing.name}")
+            raise UserError(f"{setting}={storage} needs the database driver {missing.name}, which is not installed "
+                            f"here: {hint}") from None
         raise UserError(f"{setting}={storage} cannot be opened: {cause(e, storage)}") from None
 
 

@@ -233,3 +233,23 @@ def test_eight_processes_create_and_write_one_new_sqlite_study_at_once(tmp_path)
 @pytest.mark.slow
 def test_eight_processes_create_and_write_one_new_sqlite_study_100_times(tmp_path):
     _stress(tmp_path, rounds=100)
+
+
+def test_a_missing_database_driver_is_named_with_what_to_install(tmp_path, monkeypatch):
+    import builtins
+
+    from helpers import assert_one_line_error, run_app
+
+    result = run_app("--multirun", "hydra.sweeper.n_trials=1", "hydra.sweeper.storage=postgresql+nosuchdriver://u@h/db",
+                     cwd=tmp_path)
+    assert "hydra.sweeper.storage" in result.stderr and "Traceback" not in result.stderr
+    real_import = builtins.__import__
+
+    def no_psycopg(name, *a, **k):
+        if name.split(".")[0] == "psycopg":
+            raise ModuleNotFoundError("No module named 'psycopg'", name="psycopg")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_psycopg)
+    with pytest.raises(st.UserError, match=re.escape("needs the database driver psycopg") + ".*sweep\\[postgres\\]"):
+        st.open_storage(st.parse("postgresql+psycopg://u@127.0.0.1:1/db"))

@@ -204,3 +204,28 @@ def test_a_trial_whose_sweep_died_before_its_first_heartbeat_is_failed_and_retri
     retried = [t for t in found if t.system_attrs.get("failed_trial") == 1]
     assert len(retried) == 1 and retried[0].state == TrialState.COMPLETE
     assert not [t for t in found if t.state == TrialState.RUNNING]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("storage", ["sqlite", "journal"])
+def test_sweeps_killed_at_random_moments_leave_nothing_running_and_run_nothing_twice(tmp_path, storage):
+    import random
+
+    url = f"sqlite:///{_db(tmp_path)}" if storage == "sqlite" else f"journal:///{tmp_path / 'study.log'}"
+    args = ["--multirun", f"hydra.sweeper.storage={url}", "hydra/sweeper/sampler=random"]
+    rng = random.Random(0)
+    for k in range(20):
+        proc = start_app(*args, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'killed' / str(k)}",
+                         cwd=tmp_path)
+        time.sleep(rng.uniform(0.5, 4.0))  # a random moment: imports, opening the study, asking, running, telling
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=60)
+    result = run_app(*args, "hydra.sweeper.n_trials=3", "hydra.sweeper.grace_period=1",
+                     "hydra.sweeper.heartbeat_interval=1", "epochs=10", "epoch_seconds=0.1",
+                     f"hydra.sweep.dir={tmp_path / 'final'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = (trials(_db(tmp_path), STUDY) if storage == "sqlite" else _journal(tmp_path / "study.log"))
+    assert not [t.number for t in found if t.state == TrialState.RUNNING]
+    assert all(t.user_attrs.get("fail_reason") for t in found if t.state == TrialState.FAIL)
+    runs = [p.parent.name for p in tmp_path.glob("*/*/*/span")] + [p.parent.name for p in tmp_path.glob("final/*/span")]
+    assert len(runs) == len(set(runs))  # every trial number ran in one folder, once
