@@ -37,6 +37,28 @@ def header(title: str) -> None:
     print()
 
 
+class cpu_hogs:
+    """N CPU-bound processes beside what runs in the block (the same hogs for every contender measured inside)."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        self.procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(self.n)]
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+        return False
+
+
+def conditions(load: int) -> list[tuple[str, int]]:
+    """The conditions a --load N benchmark measures, in one run: idle, then beside N CPU-bound processes."""
+    return [("idle", 0)] + ([(f"beside {load} CPU-bound processes", load)] if load else [])
+
+
 def run_sweep(name: str, *overrides: str, workdir: Path) -> tuple[float, "optuna.Study"]:
     """Run `python -m sweep.train --multirun` in workdir; return its wall-clock seconds and its study."""
     import subprocess

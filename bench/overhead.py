@@ -1,6 +1,9 @@
 """Where a sweep's time goes, and the overhead targets, each measured here against the peer in the same run.
 
-    python bench/overhead.py [--trials 200] [--rounds 3]
+    python bench/overhead.py [--trials 200] [--rounds 3] [--load 2]
+
+With --load N every part runs twice in one run: idle, then beside N CPU-bound processes (the same for every
+contender), so both conditions are printed side by side.
 
 1. start-up: imports, the pool's start, the search-space check (composing the configs at its edges), the study, and
    when the first trial starts, against hydra-optuna-sweeper's first trial (target: no more than 2 s later);
@@ -28,7 +31,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import header
+from common import conditions, cpu_hogs, header
 
 ROOT = Path(__file__).resolve().parents[1]
 SPHERE = ROOT / "examples" / "sphere.py"
@@ -237,19 +240,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=200, help="instant-task trials per contender")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--load", type=int, default=0, help="also measure beside this many CPU-bound processes")
     args = parser.parse_args()
     header("Where a sweep's time goes")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for title, part in [("1. Start-up", lambda: start_up(work, args.rounds)),
-                            ("2. Per trial", lambda: throughput(work, args.trials, args.rounds)),
-                            ("3a. Per epoch: the study", per_epoch),
-                            ("3b. Per epoch: the worker", lambda: epoch_in_worker(work, args.rounds)),
-                            ("4. The end", the_end)]:
-            print(f"## {title}\n")
-            print("\n".join(part()), flush=True)
-            print()
+    for condition, load in conditions(args.load):
+        with tempfile.TemporaryDirectory() as tmp, cpu_hogs(load):
+            work = Path(tmp)
+            for title, part in [("1. Start-up", lambda: start_up(work, args.rounds)),
+                                ("2. Per trial", lambda: throughput(work, args.trials, args.rounds)),
+                                ("3a. Per epoch: the study", per_epoch),
+                                ("3b. Per epoch: the worker", lambda: epoch_in_worker(work, args.rounds)),
+                                ("4. The end", the_end)]:
+                print(f"## {title} ({condition}; load average {os.getloadavg()[0]:.1f})\n")
+                print("\n".join(part()), flush=True)
+                print()
 
 
 if __name__ == "__main__":
