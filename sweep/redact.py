@@ -17,3 +17,16 @@ def redact(text: str) -> str:
     text = re.sub(r"(://[^/\s:@]*:)[^\s]*@", rf"\1{MASK}@", text)
     return re.sub(r"([?&;][^=&\s]*(?:pass|pwd|secret|token|key)[^=&\s]*=)[^&#\s'\"]*", rf"\1{MASK}", text,
                   flags=re.IGNORECASE)
+
+
+ENV_REF = re.compile(r"\$\{oc\.env:[A-Za-z_][A-Za-z0-9_]*\}")
+
+
+def literal_password(address: str) -> bool:
+    """Whether an address (scheme://user:password@host...) as the user wrote it holds a password that is not exactly
+    one ${oc.env:VAR} reference: Hydra saves settings into every run's hydra.yaml as written."""
+    netloc = address.split("://", 1)[1] if "://" in address else ""
+    userinfo = netloc.rpartition("@")[0] if "@" in netloc else ""
+    if ":" not in userinfo:
+        return False
+    return not ENV_REF.fullmatch(userinfo.split(":", 1)[1])

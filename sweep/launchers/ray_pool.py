@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 from sweep.errors import UserError, first_line
 from sweep.checks import validate
-from sweep.redact import redact
+from sweep.redact import literal_password, redact
 from sweep.launchers.job import Payload, run_job
 from sweep.launchers.protocol import AsyncLauncher, Outcome, WorkerDied, announce, cpu_cores, slots_for
 from sweep.settings import RayPoolLauncherConf
@@ -41,6 +41,12 @@ class RayPoolLauncher(AsyncLauncher):
         self._remote = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
+        from omegaconf import OmegaConf
+
+        written = OmegaConf.to_container(config.hydra.launcher, resolve=False).get("address")
+        if isinstance(written, str) and literal_password(written):
+            raise UserError(f"hydra.launcher.address={redact(written)!r} holds a password, which would be saved in "
+                            "every run's hydra.yaml; make the whole password ${oc.env:VAR}")
         self.config = config
         self._payload = Payload.of(hydra_context, config, task_function)
 

@@ -91,3 +91,19 @@ def test_ray_settings_that_cannot_work_are_one_line(cluster, tmp_path):
     greedy = run_app("--multirun", "hydra/launcher=ray_pool", f"hydra.launcher.address={cluster}",
                      "hydra.launcher.num_gpus_per_trial=1", cwd=tmp_path)
     assert_one_line_error(greedy, "hydra.launcher.num_gpus_per_trial=1: the Ray cluster has 0 GPU(s)")
+    hungry = run_app("--multirun", "hydra/launcher=ray_pool", f"hydra.launcher.address={cluster}",
+                     "hydra.launcher.num_cpus_per_trial=64", cwd=tmp_path)
+    assert_one_line_error(hungry, "hydra.launcher.num_cpus_per_trial=64: the Ray cluster has 2 CPU(s)")
+
+
+def test_a_ray_address_never_shows_its_password(tmp_path):
+    literal = run_app("--multirun", "hydra/launcher=ray_pool", "hydra.launcher.address=ray://admin:S3cret@127.0.0.1:1",
+                      cwd=tmp_path)
+    line = assert_one_line_error(literal, "hydra.launcher.address", "holds a password", "${oc.env:VAR}")
+    assert "S3cret" not in literal.stdout + literal.stderr and "S3cret" not in line
+    referenced = run_app("--multirun", "hydra/launcher=ray_pool",
+                         "hydra.launcher.address=ray://admin:${oc.env:RAY_PW}@127.0.0.1:1", cwd=tmp_path,
+                         env={"RAY_PW": "Hunter2"})
+    assert_one_line_error(referenced, "hydra.launcher.address", "no Ray cluster answers there")
+    assert "Hunter2" not in referenced.stdout + referenced.stderr
+    assert not [p for p in tmp_path.rglob("*.yaml") if "S3cret" in p.read_text() or "Hunter2" in p.read_text()]
