@@ -62,7 +62,8 @@ class RayPoolLauncher(AsyncLauncher):
                 raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: no Ray cluster answers there ({why}); "
                                 "start one with `ray start --head` and give its address, or set address=null for a "
                                 "local Ray")
-            options: dict[str, Any] = dict(address=self.address, include_dashboard=False,
+            # address=null means a Ray of this sweep's own ("local"), even where another Ray runs on the machine.
+            options: dict[str, Any] = dict(address=self.address or "local", include_dashboard=False,
                                            log_to_driver=self.console == "terminal", configure_logging=False)
             if self.address is None:
                 options["num_cpus"] = cpu_cores()

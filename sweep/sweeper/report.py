@@ -306,12 +306,12 @@ def plot_params(trials: list[FrozenTrial], metric: str, path: Path) -> None:
 def plot_importance(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -> None:
     from optuna.importance import PedAnovaImportanceEvaluator
 
-    evaluator = PedAnovaImportanceEvaluator()  # Optuna 5's default, named here so the title can say so
     fig, ax = _subplots(figsize=(7, 4))
     metric = objs[0][0]
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            warnings.simplefilter("ignore")  # experimental in Optuna 4.0, and says so
+            evaluator = PedAnovaImportanceEvaluator()  # Optuna 5's default, named here so the title can say so
             importance = optuna.importance.get_param_importances(
                 study, evaluator=evaluator, target=(lambda t: t.values[0]) if len(objs) > 1 else None)
     except Exception as e:  # too few completed trials, or a single point in the space

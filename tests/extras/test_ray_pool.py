@@ -107,3 +107,10 @@ def test_a_ray_address_never_shows_its_password(tmp_path):
     assert_one_line_error(referenced, "hydra.launcher.address", "no Ray cluster answers there")
     assert "Hunter2" not in referenced.stdout + referenced.stderr
     assert not [p for p in tmp_path.rglob("*.yaml") if "S3cret" in p.read_text() or "Hunter2" in p.read_text()]
+
+
+def test_address_null_starts_a_ray_of_its_own_even_beside_another(cluster, tmp_path):
+    result = run_app("--multirun", "hydra/launcher=ray_pool", "hydra.sweeper.n_trials=2", cwd=tmp_path,
+                     env={"RAY_ADDRESS": cluster})  # another Ray on the machine, which ray.init() would join
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [t.state for t in trials(_db(tmp_path), STUDY)] == [TrialState.COMPLETE] * 2

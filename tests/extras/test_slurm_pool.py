@@ -96,3 +96,11 @@ def test_a_killed_sweeps_local_jobs_end_with_it_and_ctrl_c_is_one_line(tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "KeyboardInterrupt" not in err and "Traceback" not in err, err
     assert err.strip().splitlines()[-1].startswith("error: sweep interrupted")
+
+
+def test_slurm_on_a_machine_without_slurm_is_one_line(tmp_path):
+    from helpers import assert_one_line_error
+
+    result = run_app("--multirun", "hydra/launcher=slurm_pool", "hydra.launcher.executor=slurm", cwd=tmp_path,
+                     env={"PATH": "/usr/bin:/bin"})
+    assert_one_line_error(result, "hydra.launcher.executor=slurm", "no srun", "executor=local")

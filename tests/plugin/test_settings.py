@@ -19,6 +19,7 @@ from sweep.sweeper.space import SearchSpace
     (["hydra.launcher.trials_per_gpu=0"], ["hydra.launcher.trials_per_gpu=0 is invalid: expected an integer >= 1"]),
     (["+hydra.launcher.foo=1"], ["hydra.launcher.foo is not a setting of hydra/launcher=pool", "trials_per_gpu"]),
     (["+hydra.launcher.n_jobs=3"], ["hydra.launcher.n_jobs is not a setting", "hydra.sweeper.n_jobs"]),
+    (["hydra/launcher=slurm_pool", "hydra.launcher.mem_gb=lots"], ["hydra.launcher.mem_gb='lots' is invalid"]),
     (["+hydra.sweeper.foo=1"], ["hydra.sweeper.foo is not a setting of the sweep sweeper", "n_trials"]),
     (["hydra.sweeper.direction=sideways"], ["hydra.sweeper.direction='sideways' is invalid"]),
     (["hydra.sweeper.storage=null"], ["hydra.sweeper.storage=null", "hydra/launcher=pool cannot reach"]),
