@@ -36,6 +36,7 @@ from sweep.sweeper import storage as st
 from sweep.sweeper import task
 from sweep.attrs import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
+from sweep.redact import redact
 from sweep.launchers.protocol import BatchAdapter, TrialLauncher
 from sweep.checks import names, plain as _plain, validate
 from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
@@ -79,7 +80,7 @@ class SweepImpl:
     def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
               max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
               check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
-              report: bool, enqueue: Any) -> None:
+              report: bool, enqueue: Any, callbacks: Any) -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -97,6 +98,7 @@ class SweepImpl:
         self.pruner = build(pruner, PRUNER_TARGETS, "hydra/sweeper/pruner") if pruner else None
         self.extend = _resolve(custom_search_space, "hydra.sweeper.custom_search_space")
         self.check = _resolve(check, "hydra.sweeper.check")
+        self.callbacks = _callbacks(callbacks)
         self.storage, self.study_name, self.metric_names, self.enqueue = storage, study_name, names, items
         self.params = _plain(params) or {}
         self.n_trials, self.n_jobs, self.max_failure_rate, self.retries = n_trials, n_jobs, max_failure_rate, retries
@@ -170,7 +172,8 @@ class SweepImpl:
         limits = Limits(n_trials, n_jobs, self.max_failure_rate, self.timeout, self.time_budget, self.retries,
                         grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
-                              Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec))
+                              Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
+                              callbacks=list(self.callbacks))
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()
@@ -304,6 +307,25 @@ def _interrupted(e: BaseException | None) -> bool:
 
 def _choice(config: DictConfig, group: str) -> str | None:
     return OmegaConf.select(config, "hydra.runtime.choices", default={}).get(group)
+
+
+def _callbacks(items: Any) -> list[tuple[str, Any]]:
+    """hydra.sweeper.callbacks, made before the first trial: one that cannot be made is one line naming it."""
+    from hydra.utils import instantiate
+
+    made = []
+    for i, item in enumerate(items or []):
+        target = item.get("_target_")
+        setting = f"hydra.sweeper.callbacks[{i}]"
+        try:
+            callback = instantiate(item)
+        except Exception as e:  # Hydra wraps the cause: an import that fails, a bad argument
+            cause = e.__cause__ or e
+            raise UserError(f"{setting}._target_={target} cannot be created: {redact(first_line(cause))}") from None
+        if not callable(callback):
+            raise UserError(f"{setting}._target_={target} is not callable as callback(study, trial)")
+        made.append((f"{setting} ({target})", callback))
+    return made
 
 
 def _resolve(path: Any, setting: str):

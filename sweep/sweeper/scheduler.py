@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sweep import attrs
 from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line, shorten
+from sweep.redact import redact
 from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied
 from sweep.launchers.job import job_error
 from sweep.sweeper.study import FINISHED, StudyHandle
@@ -57,6 +58,7 @@ class Scheduler:
     asked: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     inflight: dict[Future, optuna.trial.Trial] = field(default_factory=dict)
+    callbacks: list = field(default_factory=list)  # (name, callback(study, frozen_trial)), after each trial ends
 
     def run(self) -> None:
         limits = self.limits
@@ -83,9 +85,26 @@ class Scheduler:
                 break
             done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
-                self._finish(self.inflight.pop(future), future)
+                trial = self.inflight.pop(future)
+                self._finish(trial, future)
+                self._notify(trial.number)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
+
+    def _notify(self, number: int) -> None:
+        """The user's callbacks, as Optuna calls them; one that raises is reported once and turned off."""
+        if not self.callbacks:
+            return
+        frozen = self.handle.frozen(number)
+        if not frozen.state.is_finished():
+            return
+        for entry in list(self.callbacks):
+            name, callback = entry
+            try:
+                callback(self.handle.study, frozen)
+            except Exception as e:
+                log.warning("%s raised %s; it is turned off for the rest of the sweep", name, redact(first_line(e)))
+                self.callbacks.remove(entry)
 
     def _give_up(self) -> None:
         """Trials still unanswered a grace period after the time budget (a launcher that lost them, a task that

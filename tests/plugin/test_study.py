@@ -229,3 +229,25 @@ def test_sweeps_killed_at_random_moments_leave_nothing_running_and_run_nothing_t
     assert all(t.user_attrs.get("fail_reason") for t in found if t.state == TrialState.FAIL)
     runs = [p.parent.name for p in tmp_path.glob("*/*/*/span")] + [p.parent.name for p in tmp_path.glob("final/*/span")]
     assert len(runs) == len(set(runs))  # every trial number ran in one folder, once
+
+
+def test_callbacks_are_called_after_each_trial_and_one_that_raises_is_turned_off(tmp_path):
+    record = tmp_path / "record.txt"
+    result = run_app("--multirun", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=1",
+                     f"hydra.sweeper.callbacks=[{{_target_:curve_callbacks.Broken}},"
+                     f"{{_target_:curve_callbacks.Record,path:'{record}'}}]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert record.read_text().splitlines() == [f"curve {n} COMPLETE" for n in range(3)]
+    said = [line for line in (result.stdout + result.stderr).splitlines() if "curve_callbacks.Broken" in line]
+    assert len(said) == 1 and "the tracker is down" in said[0] and "turned off" in said[0]
+
+
+@pytest.mark.parametrize("callbacks, fragment", [
+    ("[{_target_:no_such_module.Callback}]", "hydra.sweeper.callbacks[0]._target_=no_such_module.Callback cannot be created"),
+    ("[{_target_:builtins.int,x:1}]", "hydra.sweeper.callbacks[0]._target_=builtins.int cannot be created"),
+    ("[1]", "hydra.sweeper.callbacks=[1] is invalid"),
+])
+def test_a_callback_that_cannot_be_made_is_one_line_before_any_trial(tmp_path, callbacks, fragment):
+    result = run_app("--multirun", f"hydra.sweeper.callbacks={callbacks}", cwd=tmp_path)
+    assert_one_line_error(result, fragment)
+    assert not _db(tmp_path).exists()
