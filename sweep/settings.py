@@ -64,6 +64,8 @@ class SweeperConf:
     grace_period: Any = setting(120, integer(low=1))  # seconds without one after which a running trial is FAIL
     report: Any = setting(True, flag())  # write report.html, report.csv and plots into the sweep directory at the end
     enqueue: Any = field(default_factory=list)  # configurations to try first: [{key: value, ...}, ...]
+    # Stop the whole sweep early: {target: value reached, trials: N without improvement, seconds: T without one}.
+    stop: Any = setting(None, optional(mapping()))
     # Called in the sweep's process after each trial ends, as Optuna calls its callbacks: (study, frozen_trial).
     # [{_target_: optuna_integration.mlflow.MLflowCallback, tracking_uri: ..., metric_name: ...}, ...]
     callbacks: Any = setting(factory=list, rule=Rule("a list of {_target_: ..., ...} mappings", lambda v: listish(v) and all(

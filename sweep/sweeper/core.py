@@ -41,6 +41,7 @@ from sweep.launchers.protocol import BatchAdapter, TrialLauncher
 from sweep.checks import names, plain as _plain, validate
 from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
 from sweep.sweeper.space import SearchSpace, quote
+from sweep.sweeper.stop import StopRule
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class SweepImpl:
     def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
               max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
               check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
-              report: bool, enqueue: Any, callbacks: Any) -> None:
+              report: bool, enqueue: Any, callbacks: Any, stop: Any) -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -99,6 +100,7 @@ class SweepImpl:
         self.extend = _resolve(custom_search_space, "hydra.sweeper.custom_search_space")
         self.check = _resolve(check, "hydra.sweeper.check")
         self.callbacks = _callbacks(callbacks)
+        self.stop = StopRule.of(_plain(stop), self.directions)
         self.storage, self.study_name, self.metric_names, self.enqueue = storage, study_name, names, items
         self.params = _plain(params) or {}
         self.n_trials, self.n_jobs, self.max_failure_rate, self.retries = n_trials, n_jobs, max_failure_rate, retries
@@ -173,7 +175,7 @@ class SweepImpl:
                         grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
-                              callbacks=list(self.callbacks))
+                              callbacks=list(self.callbacks), stop=self.stop)
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()
@@ -200,7 +202,8 @@ class SweepImpl:
         try:
             finish(handle.study, self.directions, scheduler.asked, sweep_dir, interrupted=interrupted,
                    failures=scheduler.failures, max_failure_rate=self.max_failure_rate, n_trials=n_trials,
-                   time_budget=self.time_budget, max_resource=max_resource, report=self.write_report, started=started)
+                   time_budget=self.time_budget, max_resource=max_resource, report=self.write_report, started=started,
+                   stopped=scheduler.stopped)
         except UserError as e:
             if interrupted:
                 raise Interrupted(str(e)) from None

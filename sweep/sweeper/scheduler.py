@@ -59,6 +59,8 @@ class Scheduler:
     failures: list[str] = field(default_factory=list)
     inflight: dict[Future, optuna.trial.Trial] = field(default_factory=dict)
     callbacks: list = field(default_factory=list)  # (name, callback(study, frozen_trial)), after each trial ends
+    stop: Any = None  # a StopRule: the whole sweep ends once it says so
+    stopped: str | None = None  # why it did
 
     def run(self) -> None:
         limits = self.limits
@@ -88,6 +90,10 @@ class Scheduler:
                 trial = self.inflight.pop(future)
                 self._finish(trial, future)
                 self._notify(trial.number)
+                if self.stop is not None and not self.stopped:
+                    self.stopped = self.stop.judge(self.handle.frozen(trial.number))
+                    if self.stopped:
+                        log.info("Stopping early: %s; running trials finish, no new one starts", self.stopped)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
 
@@ -118,6 +124,8 @@ class Scheduler:
                 self.progress.ended(trial.number, TrialState.FAIL, None, reason)
 
     def _accepting(self, stop_asking_at: float) -> bool:
+        if self.stopped:
+            return False
         if len(self.failures) > self.limits.max_failure_rate * self.limits.n_trials:
             return False
         if time.monotonic() >= stop_asking_at:

@@ -96,7 +96,7 @@ def pruning_savings(trials, mine, max_resource=None) -> tuple[int, int] | None:
 
 def finish(study: optuna.Study, directions: list[str], launched: list[int], sweep_dir: Path, *, interrupted: bool,
            failures: list[str], max_failure_rate: float, n_trials: int, time_budget: float | None,
-           max_resource=None, report: bool = True, started: float | None = None) -> None:
+           max_resource=None, report: bool = True, started: float | None = None, stopped: str | None = None) -> None:
     """The sweep's last words: a summary line, the best trial, the results file and the report; then a UserError
     when the sweep did not do what it was asked (interrupted, too many failures, nothing completed)."""
     mine_numbers = set(launched)
@@ -111,6 +111,8 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
         summary += f"; pruning saved {saved[0]} of {saved[1]} steps ({100 * saved[0] / max(saved[1], 1):.0f}%)"
     if started is not None:
         summary += f"; {clock(time.monotonic() - started)}"
+    if stopped:
+        summary += f"; stopped early: {stopped}"
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     results = None
     if complete and len(directions) == 1:

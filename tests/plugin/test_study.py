@@ -251,3 +251,22 @@ def test_a_callback_that_cannot_be_made_is_one_line_before_any_trial(tmp_path, c
     result = run_app("--multirun", f"hydra.sweeper.callbacks={callbacks}", cwd=tmp_path)
     assert_one_line_error(result, fragment)
     assert not _db(tmp_path).exists()
+
+
+def test_a_sweep_stops_early_when_its_stop_rule_says_so_and_says_why(tmp_path):
+    reached = run_app("--multirun", "hydra.sweeper.n_trials=20", "hydra.sweeper.n_jobs=1",
+                      "hydra.sweeper.stop={target:0.0}", cwd=tmp_path)
+    assert reached.returncode == 0, reached.stderr
+    assert len(trials(_db(tmp_path), STUDY)) == 1
+    assert "stopped early: hydra.sweeper.stop.target=0 reached" in reached.stdout + reached.stderr
+    plateau = run_app("--multirun", "hydra.sweeper.n_trials=20", "hydra.sweeper.n_jobs=1",
+                      "hydra.sweeper.stop={trials:2}", f"hydra.sweep.dir={tmp_path / 'plateau'}",
+                      "hydra.sweeper.enqueue=[{lr:0.1,width:32},{lr:0.001,width:8},{lr:0.001,width:16}]", cwd=tmp_path)
+    assert plateau.returncode == 0, plateau.stderr
+    assert len(trials(_db(tmp_path), STUDY)) == 1 + 3
+    assert "stopped early: hydra.sweeper.stop.trials: 2 trials without a better value" in plateau.stdout + plateau.stderr
+
+
+def test_an_unknown_stop_rule_is_one_line(tmp_path):
+    result = run_app("--multirun", "hydra.sweeper.stop={patience:3}", cwd=tmp_path)
+    assert_one_line_error(result, "hydra.sweeper.stop.patience is not a stop rule", "target, trials, seconds")
