@@ -165,39 +165,8 @@ class QMCSamplerConf:
     warn_independent_sampling: bool = True
 
 
-# ---------------------------------------------------------------- pruners
-
-
-@dataclass
-class NoPrunerConf:
-    _target_: str = "optuna.pruners.NopPruner"  # every trial runs to its end
-
-
-@dataclass
-class MedianPrunerConf:
-    _target_: str = "optuna.pruners.MedianPruner"  # stop a trial below the median of earlier ones at its step
-    n_startup_trials: Any = 5  # trials that finish before any is pruned
-    n_warmup_steps: Any = 0  # steps every trial reports before it can be pruned
-    interval_steps: Any = 1
-    n_min_trials: Any = 1
-
-
-@dataclass
-class HalvingPrunerConf:
-    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"  # asynchronous successive halving (ASHA)
-    min_resource: Any = "auto"  # steps before the first rung; auto: from the first finished trial
-    reduction_factor: Any = 4  # keep the top 1/reduction_factor at each rung
-    min_early_stopping_rate: Any = 0
-    bootstrap_count: Any = 0
-
-
-@dataclass
-class HyperbandPrunerConf:
-    _target_: str = "optuna.pruners.HyperbandPruner"  # several halving brackets of different aggressiveness
-    min_resource: Any = 1  # steps before the first rung of the most aggressive bracket
-    max_resource: Any = "auto"  # a trial's full length in steps; auto: the first finished trial's
-    reduction_factor: Any = 3
-    bootstrap_count: Any = 0
+# ---------------------------------------------------------------- pruners: YAML files in sweep/plugin_conf, found
+# through the plugin's search path (an app's own presets of the same names override them without a warning)
 
 
 # ---------------------------------------------------------------- launchers
@@ -278,9 +247,6 @@ def register() -> None:
     entries += [("hydra/sweeper/sampler", name, node) for name, node in [
         ("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
         ("nsgaii", NSGAIISamplerConf), ("nsgaiii", NSGAIIISamplerConf), ("gp", GPSamplerConf), ("qmc", QMCSamplerConf)]]
-    entries += [("hydra/sweeper/pruner", name, node) for name, node in [
-        ("none", NoPrunerConf), ("median", MedianPrunerConf), ("halving", HalvingPrunerConf),
-        ("hyperband", HyperbandPrunerConf)]]
     entries += [("hydra/launcher", name, node) for name, node in [
         ("pool", PoolLauncherConf), ("ray_pool", RayPoolLauncherConf), ("slurm_pool", SlurmPoolLauncherConf)]]
     present: dict[str, set[str]] = {}

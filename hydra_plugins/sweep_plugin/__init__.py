@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.plugins.search_path_plugin import SearchPathPlugin
 from hydra.plugins.sweeper import Sweeper
 
 from sweep import settings as _configs
@@ -42,6 +43,13 @@ class OptunaSweeper(Sweeper):
         return one_line(lambda: self.impl.sweep(arguments))
 
 
+class SweepSearchPath(SearchPathPlugin):
+    """The plugin's YAML configs (the pruner group), after the app's own, so the app's presets win."""
+
+    def manipulate_search_path(self, search_path) -> None:
+        search_path.append(provider="sweep", path="pkg://sweep.plugin_conf")
+
+
 class PoolLauncher(_pool.PoolLauncher):
     """hydra/launcher=pool: worker processes on this machine, pinned to GPUs when it has them."""
 
@@ -63,4 +71,4 @@ class SlurmPoolLauncher(_slurm_pool.SlurmPoolLauncher):
         _launcher_init(self, _slurm_pool.SlurmPoolLauncher, settings)
 
 
-__all__ = ["OptunaSweeper", "PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher"]
+__all__ = ["OptunaSweeper", "PoolLauncher", "RayPoolLauncher", "SlurmPoolLauncher", "SweepSearchPath"]
