@@ -64,6 +64,8 @@ class SweeperConf:
     grace_period: Any = setting(120, integer(low=1))  # seconds without one after which a running trial is FAIL
     report: Any = setting(True, flag())  # write report.html, report.csv and plots into the sweep directory at the end
     enqueue: Any = field(default_factory=list)  # configurations to try first: [{key: value, ...}, ...]
+    # Another study's completed trials, added to a new study before its first trial: {storage: URL, study_name: NAME}
+    warm_start: Any = setting(None, optional(mapping()))
     # Stop the whole sweep early: {target: value reached, trials: N without improvement, seconds: T without one}.
     stop: Any = setting(None, optional(mapping()))
     # Called in the sweep's process after each trial ends, as Optuna calls its callbacks: (study, frozen_trial).

@@ -42,6 +42,7 @@ from sweep.checks import names, plain as _plain, validate
 from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
 from sweep.sweeper.space import SearchSpace, quote
 from sweep.sweeper.stop import StopRule
+from sweep.sweeper.study import warm_trials
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,7 @@ class SweepImpl:
     def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
               max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
               check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
-              report: bool, enqueue: Any, callbacks: Any, stop: Any) -> None:
+              report: bool, enqueue: Any, callbacks: Any, stop: Any, warm_start: Any) -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -101,6 +102,12 @@ class SweepImpl:
         self.check = _resolve(check, "hydra.sweeper.check")
         self.callbacks = _callbacks(callbacks)
         self.stop = StopRule.of(_plain(stop), self.directions)
+        self.warm_start = _plain(warm_start)
+        if self.warm_start is not None:
+            unknown = sorted(set(self.warm_start) - {"storage", "study_name"})
+            if unknown or not all(isinstance(self.warm_start.get(k), str) for k in ("storage", "study_name")):
+                raise UserError("hydra.sweeper.warm_start is invalid: expected {storage: URL, study_name: NAME}"
+                                + (f"; {unknown[0]} is not a key of it" if unknown else ""))
         self.storage, self.study_name, self.metric_names, self.enqueue = storage, study_name, names, items
         self.params = _plain(params) or {}
         self.n_trials, self.n_jobs, self.max_failure_rate, self.retries = n_trials, n_jobs, max_failure_rate, retries
@@ -157,12 +164,16 @@ class SweepImpl:
             n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
         self._check_edges(space)
 
+        warm = warm_trials(self.warm_start, space.distributions) if self.warm_start else []
         lock = st.lock_sqlite(self.spec)  # noqa: F841  (held until the sweep ends)
         self.handle = handle = StudyHandle(
             self.spec, self.study_name, self.directions, self.sampler, self.pruner, self.metric_names,
             self.heartbeat_interval, self.grace_period, self.retries)
         earlier = handle.open(self.enqueue, self.sampler_cfg)
         handle.check_space(space.distributions)  # before any trial: a changed kind would fail inside Optuna's ask
+        if warm and not earlier:  # a new study starts from what the other one learned
+            earlier = handle.add_trials(warm)
+            log.info("Warm start: %d completed trial(s) of study %r added", earlier, self.warm_start["study_name"])
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self._claim(sweep_dir, handle, earlier)
         task.register(handle.study, handle.backend)

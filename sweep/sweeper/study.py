@@ -86,6 +86,16 @@ class StudyHandle:
                                 f"{_kind(old)}, this sweep as {_kind(new)}; keep its kind, or start a new study "
                                 "(another hydra.sweeper.study_name)") from None
 
+    def add_trials(self, trials: list) -> int:
+        """Finished trials of another study, added as they are (the samplers learn from them); returns how many."""
+        for t in trials:
+            self.study.add_trial(optuna.trial.create_trial(
+                params=t.params, distributions=t.distributions, values=t.values,
+                intermediate_values=t.intermediate_values,
+                user_attrs={**{k: v for k, v in t.user_attrs.items() if k not in SWEEP_ATTRS},
+                            "warm_start_from": t.user_attrs.get("warm_start_from") or t.number}))
+        return len(trials)
+
     def delete_if_empty(self) -> None:
         """Undo opening a study that never got a trial (the sweep was refused right after)."""
         if not self.study.get_trials(deepcopy=False):
@@ -208,3 +218,25 @@ def _kind(d) -> str:
         return f"choice{tuple(d.choices)}"
     word = "int " if isinstance(d, IntDistribution) else "float "
     return f"{word}{'log ' if d.log else ''}interval({d.low}, {d.high})"
+
+
+def warm_trials(settings: dict, distributions: dict) -> list:
+    """The completed trials of the study hydra.sweeper.warm_start names, checked against this sweep's space: a
+    parameter the space lacks, or has as another kind, is one line naming it."""
+    from optuna.distributions import check_distribution_compatibility
+
+    setting = "hydra.sweeper.warm_start"
+    spec = st.parse(settings["storage"], f"{setting}.storage")
+    other = st.load_study(spec, settings["study_name"], f"{setting}.storage")
+    done = other.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    for t in done:
+        for name, d in t.distributions.items():
+            if name not in distributions:
+                raise UserError(f"{setting}: study {settings['study_name']!r} has the parameter {name}, which this "
+                                "sweep's space lacks; warm-start from a study over the same space")
+            try:
+                check_distribution_compatibility(d, distributions[name])
+            except ValueError:
+                raise UserError(f"{setting}: study {settings['study_name']!r} has {name} as {_kind(d)}, this sweep "
+                                f"as {_kind(distributions[name])}") from None
+    return done

@@ -270,3 +270,36 @@ def test_a_sweep_stops_early_when_its_stop_rule_says_so_and_says_why(tmp_path):
 def test_an_unknown_stop_rule_is_one_line(tmp_path):
     result = run_app("--multirun", "hydra.sweeper.stop={patience:3}", cwd=tmp_path)
     assert_one_line_error(result, "hydra.sweeper.stop.patience is not a stop rule", "target, trials, seconds")
+
+
+def test_a_warm_start_adds_another_studys_completed_trials_before_the_first_new_one(tmp_path):
+    db = f"sqlite:///{tmp_path / 'other.db'}"
+    first = run_app("--multirun", "hydra.sweeper.n_trials=3", f"hydra.sweeper.storage={db}",
+                    "hydra.sweeper.study_name=other", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    warm = f"hydra.sweeper.warm_start={{storage:'{db}',study_name:other}}"
+    result = run_app("--multirun", "hydra.sweeper.n_trials=2", warm, f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    found = trials(_db(tmp_path), STUDY)
+    added = [t for t in found if "warm_start_from" in t.user_attrs]
+    assert [t.user_attrs["warm_start_from"] for t in added] == [0, 1, 2] and [t.number for t in added] == [0, 1, 2]
+    assert all(t.state == TrialState.COMPLETE for t in added) and len(found) == 5
+    assert "Warm start: 3 completed trial(s) of study 'other' added" in result.stdout + result.stderr
+    again = run_app("--multirun", "hydra.sweeper.n_trials=1", warm, f"hydra.sweep.dir={tmp_path / 'b'}", cwd=tmp_path)
+    assert again.returncode == 0 and len(trials(_db(tmp_path), STUDY)) == 6  # a resumed study is not warmed twice
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["hydra.sweeper.warm_start={storage:'sqlite:///other.db',study_name:nowhere}"], "no study named 'nowhere'"),
+    (["hydra.sweeper.warm_start={storage:'sqlite:///other.db',study_name:other}", "width=interval(8.0,32.0)"],
+     "has width as choice(8, 16, 32), this sweep as float interval(8.0, 32.0)"),
+    (["hydra.sweeper.warm_start={storage:'sqlite:///other.db',study_name:other}", "width=16"],
+     "has the parameter width, which this sweep's space lacks"),
+    (["hydra.sweeper.warm_start={study:other}"], "hydra.sweeper.warm_start is invalid"),
+])
+def test_a_warm_start_that_cannot_be_used_is_one_line(tmp_path, args, fragment):
+    assert run_app("--multirun", "hydra.sweeper.n_trials=1", "hydra.sweeper.storage=sqlite:///other.db",
+                   "hydra.sweeper.study_name=other", cwd=tmp_path).returncode == 0
+    result = run_app("--multirun", *args, cwd=tmp_path)
+    assert_one_line_error(result, "hydra.sweeper.warm_start", fragment)
+    assert not _db(tmp_path).exists() or not trials(_db(tmp_path), STUDY)
