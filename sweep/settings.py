@@ -194,6 +194,7 @@ class RayPoolLauncherConf:
     address: Any = setting(None, optional(text(), "start a local Ray"))  # auto or host:port: join a running cluster
     num_cpus_per_trial: Any = setting(1, number(low=0))  # Ray resources each trial reserves; fractions share one
     num_gpus_per_trial: Any = setting(0, number(low=0))
+    connect_timeout: Any = setting(60, seconds())  # joining a cluster: seconds to wait for its answer
     console: Any = setting("file", CONSOLE)  # file: what a trial prints goes to its run's console.log | terminal
 
 

@@ -35,6 +35,7 @@ class RayPoolLauncher(AsyncLauncher):
         conf = RayPoolLauncherConf(**settings)
         self.address, self.console = conf.address, conf.console
         self.cpus, self.gpus = conf.num_cpus_per_trial, conf.num_gpus_per_trial
+        self.connect_timeout = conf.connect_timeout
         self._refs: dict[Any, Future] = {}
         self._lock = threading.Lock()
         self._started_ray = False
@@ -68,7 +69,9 @@ class RayPoolLauncher(AsyncLauncher):
             if self.address is None:
                 options["num_cpus"] = cpu_cores()
             try:
-                ray.init(**options)
+                self._init(ray, options)
+            except UserError:
+                raise
             except Exception as e:  # nothing listens there, or a version mismatch
                 raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: cannot reach a Ray cluster there "
                                 f"({redact(first_line(e))}); start one with `ray start --head`, or set address=null for a "
@@ -91,6 +94,35 @@ class RayPoolLauncher(AsyncLauncher):
         # max_retries=0: a lost worker fails its trial, and the sweeper's retries (not Ray's) decide what follows.
         self._remote = ray.remote(_ray_job).options(num_cpus=self.cpus, num_gpus=self.gpus, max_retries=0,
                                                      retry_exceptions=False)
+
+    def _init(self, ray, options: dict) -> None:
+        """ray.init; joining a cluster, within connect_timeout: a port that accepts and never answers would hold
+        ray.init forever, so it runs in a thread the sweep stops waiting for."""
+        if self.address is None:
+            ray.init(**options)
+            return
+        outcome: dict[str, BaseException] = {}
+
+        def join() -> None:
+            try:
+                ray.init(**options)
+            except BaseException as e:
+                outcome["error"] = e
+
+        quiet = logging.getLogger("ray")  # "SIGTERM handler is not set ..." from a thread that is not the main one
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)
+        thread = threading.Thread(target=join, daemon=True, name="ray-init")
+        thread.start()
+        thread.join(self.connect_timeout)
+        quiet.setLevel(level)
+        if thread.is_alive():
+            _mute_native_stderr()  # Ray's own threads go on retrying, and logging, until the process exits
+            raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: no answer from a Ray cluster "
+                            f"there within hydra.launcher.connect_timeout={self.connect_timeout:g} s; check the "
+                            "address (ray status on the head node prints it)")
+        if "error" in outcome:
+            raise outcome["error"]
 
     def submit(self, overrides: Sequence[str], job_idx: int) -> Future:
         announce(job_idx, overrides)
@@ -127,6 +159,23 @@ class RayPoolLauncher(AsyncLauncher):
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
         self._started_ray, self._remote, self.slots = False, None, 0
+
+
+def _mute_native_stderr() -> None:
+    """Point file descriptor 2 at /dev/null for what C++ threads still write, keeping Python's sys.stderr (our one
+    error line) on the terminal."""
+    import os
+    import sys
+
+    try:
+        sys.stderr.flush()
+        keep = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        sys.stderr = os.fdopen(keep, "w", buffering=1)
+    except OSError:
+        pass
 
 
 def _unreachable(address: str | None) -> str | None:

@@ -114,3 +114,17 @@ def test_address_null_starts_a_ray_of_its_own_even_beside_another(cluster, tmp_p
                      env={"RAY_ADDRESS": cluster})  # another Ray on the machine, which ray.init() would join
     assert result.returncode == 0, result.stderr[-3000:]
     assert [t.state for t in trials(_db(tmp_path), STUDY)] == [TrialState.COMPLETE] * 2
+
+
+def test_an_address_that_accepts_and_never_answers_is_one_line_within_the_time_limit(tmp_path):
+    import socket
+    import threading
+
+    silent = socket.create_server(("127.0.0.1", 0))
+    held = []
+    threading.Thread(target=lambda: [held.append(silent.accept()) for _ in range(64)], daemon=True).start()
+    port = silent.getsockname()[1]
+    result = run_app("--multirun", "hydra/launcher=ray_pool", f"hydra.launcher.address=127.0.0.1:{port}",
+                     "hydra.launcher.connect_timeout=5", cwd=tmp_path, timeout=120)
+    assert_one_line_error(result, f"hydra.launcher.address='127.0.0.1:{port}'", "no answer", "connect_timeout=5")
+    silent.close()
