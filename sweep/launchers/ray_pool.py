@@ -12,6 +12,7 @@ import hashlib
 import importlib.util
 import logging
 import math
+import os
 import socket
 import threading
 from concurrent.futures import Future
@@ -40,6 +41,7 @@ class RayPoolLauncher(AsyncLauncher):
         self._lock = threading.Lock()
         self._started_ray = False
         self._remote = None
+        self._watchdog = None
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from omegaconf import OmegaConf
@@ -68,6 +70,7 @@ class RayPoolLauncher(AsyncLauncher):
                                            log_to_driver=self.console == "terminal", configure_logging=False)
             if self.address is None:
                 options["num_cpus"] = cpu_cores()
+                self._watchdog = _watch_local_ray()  # the Ray this sweep starts ends with it, however it ends
             try:
                 self._init(ray, options)
             except UserError:
@@ -76,6 +79,8 @@ class RayPoolLauncher(AsyncLauncher):
                 raise UserError(f"hydra.launcher.address={redact(str(self.address))!r}: cannot reach a Ray cluster there "
                                 f"({redact(first_line(e))}); start one with `ray start --head`, or set address=null for a "
                                 "local Ray") from None
+            finally:
+                os.environ.pop(OWNER, None)  # Ray's processes carry it; what the sweep starts later does not
             self._started_ray = True
         resources = ray.cluster_resources()
         fits = min(resources.get("CPU", 0) / self.cpus if self.cpus else math.inf,
@@ -158,7 +163,46 @@ class RayPoolLauncher(AsyncLauncher):
             ray.wait(refs, num_returns=len(refs), timeout=30)
         if self._started_ray and ray.is_initialized():
             ray.shutdown()
+        if self._watchdog is not None:
+            self._watchdog.stdin.close()  # it ends whatever of this sweep's Ray is left, then itself
+            self._watchdog.wait(timeout=30)
+            self._watchdog = None
         self._started_ray, self._remote, self.slots = False, None, 0
+
+
+OWNER = "SWEEP_RAY_OWNER"  # set in the environment of every process of a Ray this sweep starts
+WATCHDOG = """
+import os, signal, sys
+token, sweep = sys.argv[1], sys.argv[2]
+sys.stdin.read()  # end of file: the sweep closed it, or died
+me = str(os.getpid())
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or pid in (me, sweep):
+        continue
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            if f"SWEEP_RAY_OWNER={token}".encode() in f.read().split(b"\\0"):
+                os.kill(int(pid), signal.SIGKILL)
+    except OSError:
+        pass
+"""
+
+
+def _watch_local_ray():
+    """A small process that outlives the sweep: when the sweep's end of its pipe closes (the sweep stopped, or was
+    killed), it ends every process of the Ray this sweep started (Ray's raylet, GCS, agents and workers carry the
+    sweep's token in their environment). Linux only: elsewhere, None."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    if not os.path.isdir("/proc"):
+        return None
+    token = uuid.uuid4().hex
+    os.environ[OWNER] = token  # until Ray's processes have started (see start)
+    return subprocess.Popen([sys.executable, "-c", WATCHDOG, token, str(os.getpid())], stdin=subprocess.PIPE,
+                            start_new_session=True)
 
 
 def _mute_native_stderr() -> None:
