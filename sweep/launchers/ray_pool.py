@@ -172,19 +172,47 @@ class RayPoolLauncher(AsyncLauncher):
 
 OWNER = "SWEEP_RAY_OWNER"  # set in the environment of every process of a Ray this sweep starts
 WATCHDOG = """
-import os, signal, sys
+import os, signal, sys, time
 token, sweep = sys.argv[1], sys.argv[2]
 sys.stdin.read()  # end of file: the sweep closed it, or died
-me = str(os.getpid())
-for pid in os.listdir("/proc"):
-    if not pid.isdigit() or pid in (me, sweep):
-        continue
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            if f"SWEEP_RAY_OWNER={token}".encode() in f.read().split(b"\\0"):
-                os.kill(int(pid), signal.SIGKILL)
-    except OSError:
-        pass
+me, mark = str(os.getpid()), f"SWEEP_RAY_OWNER={token}".encode()
+
+
+def doomed():
+    # The processes carrying the token (the GCS, the raylet, ...), and every descendant of theirs: Ray's agents and
+    # workers are the raylet's children but do not carry the sweep's environment.
+    parent, roots = {}, set()
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or pid in (me, sweep):
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent[pid] = f.read().rsplit(")", 1)[1].split()[1]
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if mark in f.read().split(b"\\0"):
+                    roots.add(pid)
+        except OSError:
+            pass
+    found, grew = set(roots), True
+    while grew:
+        grew = False
+        for pid, ppid in parent.items():
+            if ppid in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
+
+
+for _ in range(50):  # again until none is left: a process being started while the others die is caught next time
+    found = doomed()
+    for pid in found:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except OSError:
+            pass
+    if not found:
+        break
+    time.sleep(0.2)
 """
 
 
