@@ -315,3 +315,9 @@ def test_a_trial_that_forks_children_does_not_keep_the_stopped_sweep_alive(tmp_p
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert all(t.state == TrialState.FAIL for t in _trials(tmp_path).values())
     # The forked children went with their workers: the fixture fails the test if any is left.
+
+
+def test_no_more_workers_start_than_trials_can_use(tmp_path):
+    result = run_app("--multirun", "hydra.sweeper.n_jobs=40", "hydra.sweeper.n_trials=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Starting 2 worker process(es)" in result.stdout + result.stderr
