@@ -82,6 +82,12 @@ class RayPoolLauncher(AsyncLauncher):
             finally:
                 os.environ.pop(OWNER, None)  # Ray's processes carry it; what the sweep starts later does not
             self._started_ray = True
+            if self._watchdog is not None:
+                try:
+                    self._watchdog.stdin.write(f"node {ray.get_runtime_context().get_node_id()}\n".encode())
+                    self._watchdog.stdin.flush()
+                except (OSError, ValueError):
+                    pass
         resources = ray.cluster_resources()
         fits = min(resources.get("CPU", 0) / self.cpus if self.cpus else math.inf,
                    resources.get("GPU", 0) / self.gpus if self.gpus else math.inf)
@@ -174,13 +180,14 @@ OWNER = "SWEEP_RAY_OWNER"  # set in the environment of every process of a Ray th
 WATCHDOG = """
 import os, signal, sys, time
 token, sweep = sys.argv[1], sys.argv[2]
-sys.stdin.read()  # end of file: the sweep closed it, or died
+# Until end of file (the sweep closed it, or died): the node id of the Ray it started, which Ray's agents carry.
+nodes = {f"RAY_NODE_ID={line.split()[1]}".encode() for line in sys.stdin if line.startswith("node ")}
 me, mark = str(os.getpid()), f"SWEEP_RAY_OWNER={token}".encode()
 
 
 def doomed():
-    # The processes carrying the token (the GCS, the raylet, ...), and every descendant of theirs: Ray's agents and
-    # workers are the raylet's children but do not carry the sweep's environment.
+    # The processes carrying the token (the GCS, the raylet, ...) or the node's id (Ray's agents, which may already
+    # have left the raylet), and every descendant of theirs (workers).
     parent, roots = {}, set()
     for pid in os.listdir("/proc"):
         if not pid.isdigit() or pid in (me, sweep):
@@ -189,8 +196,9 @@ def doomed():
             with open(f"/proc/{pid}/stat") as f:
                 parent[pid] = f.read().rsplit(")", 1)[1].split()[1]
             with open(f"/proc/{pid}/environ", "rb") as f:
-                if mark in f.read().split(b"\\0"):
-                    roots.add(pid)
+                env = f.read().split(b"\\0")
+            if mark in env or nodes.intersection(env):
+                roots.add(pid)
         except OSError:
             pass
     found, grew = set(roots), True

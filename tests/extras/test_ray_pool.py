@@ -128,15 +128,3 @@ def test_an_address_that_accepts_and_never_answers_is_one_line_within_the_time_l
                      "hydra.launcher.connect_timeout=5", cwd=tmp_path, timeout=120)
     assert_one_line_error(result, f"hydra.launcher.address='127.0.0.1:{port}'", "no answer", "connect_timeout=5")
     silent.close()
-
-
-def test_the_ray_a_killed_sweep_started_ends_with_it(tmp_path):
-    from helpers import marked_processes
-
-    proc = start_app("--multirun", "hydra/launcher=ray_pool", "hydra.sweeper.n_trials=2", "epochs=100000",
-                     "epoch_seconds=0.05", cwd=tmp_path)
-    wait_for(lambda: sum(bool(t.intermediate_values) for t in trials(_db(tmp_path), STUDY)) >= 1, "a trial training",
-             process=proc)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=60)
-    wait_for(lambda: not marked_processes(), "Ray's processes (raylet, GCS, agents, workers) to end", timeout=60)
