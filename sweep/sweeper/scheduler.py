@@ -89,17 +89,15 @@ class Scheduler:
             for future in done:
                 trial = self.inflight.pop(future)
                 self._finish(trial, future)
-                self._notify(trial.number)
-                if self.stop is not None and not self.stopped:
-                    self.stopped = self.stop.judge(self.handle.frozen(trial.number))
-                    if self.stopped:
-                        log.info("Stopping early: %s; running trials finish, no new one starts", self.stopped)
+                self._ended(trial.number)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
 
-    def _notify(self, number: int) -> None:
-        """The user's callbacks, as Optuna calls them; one that raises is reported once and turned off."""
-        if not self.callbacks:
+    def _ended(self, number: int) -> None:
+        """After a trial ends: the user's callbacks, as Optuna calls them (one that raises is reported once and turned
+        off), and the stop rule. The trial is read from storage once, and only when either wants it."""
+        wants_stop = self.stop is not None and not self.stopped
+        if not self.callbacks and not wants_stop:
             return
         frozen = self.handle.frozen(number)
         if not frozen.state.is_finished():
@@ -111,6 +109,10 @@ class Scheduler:
             except Exception as e:
                 log.warning("%s raised %s; it is turned off for the rest of the sweep", name, redact(first_line(e)))
                 self.callbacks.remove(entry)
+        if wants_stop:
+            self.stopped = self.stop.judge(frozen)
+            if self.stopped:
+                log.info("Stopping early: %s; running trials finish, no new one starts", self.stopped)
 
     def _give_up(self) -> None:
         """Trials still unanswered a grace period after the time budget (a launcher that lost them, a task that
