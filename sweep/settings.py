@@ -70,6 +70,9 @@ class SweeperConf:
     stop: Any = setting(None, optional(mapping()))
     # Called in the sweep's process after each trial ends, as Optuna calls its callbacks: (study, frozen_trial).
     # [{_target_: optuna_integration.mlflow.MLflowCallback, tracking_uri: ..., metric_name: ...}, ...]
+    # A tracker's run for the whole sweep, made in the sweep's process before the first trial; each trial finds its id
+    # as sweep.trial().parent_run_id. {_target_: sweep.tracking.MLflowParent, tracking_uri: ..., experiment_name: ...}
+    tracker: Any = setting(None, optional(Rule("a {_target_: ..., ...} mapping", lambda v: hasattr(v, "keys") and isinstance(v.get("_target_"), str))))
     callbacks: Any = setting(factory=list, rule=Rule("a list of {_target_: ..., ...} mappings", lambda v: listish(v) and all(
         hasattr(c, "keys") and isinstance(c.get("_target_"), str) for c in v)))
 
@@ -297,3 +300,23 @@ def build(node: Any, allowed: tuple[str, ...], setting: str, **extra: Any) -> An
     except Exception as e:
         hint = "; pip install cmaes" if "cmaes" in str(e).lower() else ""
         raise UserError(f"{setting} ({target}) cannot be created: {first_line(e)}{hint}") from None
+
+
+def made(node: Any, setting: str) -> Any:
+    """The object a {_target_: ..., field: value} setting names (a callback, a tracker, a logger): the user's own
+    code, called with the fields as they resolve. One that cannot be made is one line naming the setting."""
+    from hydra.utils import get_method
+    from omegaconf import OmegaConf
+
+    from sweep.errors import UserError, first_line
+    from sweep.redact import redact
+
+    fields = OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else dict(node or {})
+    target = fields.pop("_target_", None)
+    try:
+        return get_method(target)(**fields)
+    except UserError:
+        raise
+    except Exception as e:
+        cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e
+        raise UserError(f"{setting}._target_={target} cannot be created: {redact(first_line(cause))}") from None

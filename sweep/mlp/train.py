@@ -26,7 +26,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sweep
-from sweep import atomic
+from sweep import atomic, tracking
 from sweep.mlp.config import check_config, register_resolvers
 from sweep.mlp.data import Loader, build_splits
 from sweep.mlp.device import choose_precision, resolve_device
@@ -146,7 +146,7 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
     bar = tqdm(range(metrics["epochs_run"] + 1, cfg.trainer.epochs + 1), desc="epochs", unit="epoch",
                initial=metrics["epochs_run"], total=cfg.trainer.epochs, disable=True if in_sweep else None)
     saved_at = -math.inf  # when last.pt was last written
-    with logging_redirect_tqdm():
+    with tracking.Runs(cfg.get("logger"), tracked_params(cfg), trial, out_dir) as runs, logging_redirect_tqdm():
         for epoch in bar:
             start = time.perf_counter()
             train_loss, train_acc = train_epoch(model, data.train, optimizer, scheduler,
@@ -162,6 +162,7 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
             log.info("epoch %d/%d  train loss %.4f acc %.4f | val loss %.4f acc %.4f | %.1fs",
                      epoch, cfg.trainer.epochs, train_loss, train_acc, val_loss, val_acc, seconds)
             bar.set_postfix(train_loss=f"{train_loss:.3f}", val_acc=f"{val_acc:.4f}")
+            runs.log({k: v for k, v in history[-1].items() if k != "epoch"}, epoch)
             if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
                 metrics["status"] = "diverged"
                 break
@@ -178,11 +179,20 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
             if epoch < cfg.trainer.epochs and trial.should_prune():
                 metrics["status"] = "pruned"
                 break
-    if metrics["status"] == "running":
-        metrics["status"] = "completed"
+        if metrics["status"] == "running":
+            metrics["status"] = "completed"
+        runs.state = metrics["status"]
+        if cfg.trainer.save_checkpoint:
+            runs.artifact(out_dir / "best.pt")
     _save(out_dir, metrics, history)
     (out_dir / LAST).unlink(missing_ok=True)  # finished: nothing left to resume
     return metrics
+
+
+def tracked_params(cfg: DictConfig) -> dict:
+    """What a tracker records as the run's parameters: the config without the trackers' own and the search space."""
+    params = OmegaConf.to_container(cfg, resolve=True)
+    return {k: v for k, v in params.items() if k not in ("logger", "search")}
 
 
 def apply_threads(setting) -> None:

@@ -39,7 +39,7 @@ from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.redact import redact
 from sweep.launchers.protocol import BatchAdapter, TrialLauncher
 from sweep.checks import names, plain as _plain, validate
-from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build
+from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build, made
 from sweep.sweeper.space import SearchSpace, quote
 from sweep.sweeper.stop import StopRule
 from sweep.sweeper.study import warm_trials
@@ -82,7 +82,7 @@ class SweepImpl:
     def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
               max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
               check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
-              report: bool, enqueue: Any, callbacks: Any, stop: Any, warm_start: Any) -> None:
+              report: bool, enqueue: Any, callbacks: Any, stop: Any, warm_start: Any, tracker: Any = None) -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -101,6 +101,7 @@ class SweepImpl:
         self.extend = _resolve(custom_search_space, "hydra.sweeper.custom_search_space")
         self.check = _resolve(check, "hydra.sweeper.check")
         self.callbacks = _callbacks(callbacks)
+        self.tracker = made(tracker, "hydra.sweeper.tracker") if tracker else None
         self.stop = StopRule.of(_plain(stop), self.directions)
         self.warm_start = _plain(warm_start)
         if self.warm_start is not None:
@@ -177,6 +178,10 @@ class SweepImpl:
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         self._claim(sweep_dir, handle, earlier)
         task.register(handle.study, handle.backend)
+        callbacks = list(self.callbacks)
+        if self.tracker is not None:  # its parent run exists before any trial looks for it
+            _tracker_call(self.tracker.start, handle.study)
+            callbacks.insert(0, ("hydra.sweeper.tracker", self.tracker))
         n_jobs = self.runner.slots
         log.info("Study %r in %s: %d earlier trial(s); adding %d, %d at a time%s", handle.study.study_name,
                  self.spec, earlier, n_trials, n_jobs,
@@ -186,7 +191,7 @@ class SweepImpl:
                         grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
-                              callbacks=list(self.callbacks), stop=self.stop)
+                              callbacks=callbacks, stop=self.stop)
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()
@@ -201,6 +206,11 @@ class SweepImpl:
             handle.stop_heartbeats()
             self.runner.shutdown(kill=not ended)  # idle workers finish; busy ones would never
             task.unregister(handle.study)
+            if self.tracker is not None:
+                try:
+                    self.tracker.end(handle.study, interrupted=not ended)
+                except Exception as e:  # the results are saved: a tracker that cannot close is a warning
+                    log.warning("hydra.sweeper.tracker could not end its run: %s", redact(first_line(e)))
         if lost is not None:
             raise UserError(
                 f"lost the study's storage {self.spec} ({first_line(lost) if not isinstance(lost, LostStorage) else lost}); "
@@ -323,19 +333,21 @@ def _choice(config: DictConfig, group: str) -> str | None:
     return OmegaConf.select(config, "hydra.runtime.choices", default={}).get(group)
 
 
+def _tracker_call(call, study) -> None:
+    try:
+        call(study)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"hydra.sweeper.tracker cannot start the sweep's run: {redact(first_line(e))}") from None
+
+
 def _callbacks(items: Any) -> list[tuple[str, Any]]:
     """hydra.sweeper.callbacks, made before the first trial: one that cannot be made is one line naming it."""
-    from hydra.utils import instantiate
-
     made = []
     for i, item in enumerate(items or []):
-        target = item.get("_target_")
-        setting = f"hydra.sweeper.callbacks[{i}]"
-        try:
-            callback = instantiate(item)
-        except Exception as e:  # Hydra wraps the cause: an import that fails, a bad argument
-            cause = e.__cause__ or e
-            raise UserError(f"{setting}._target_={target} cannot be created: {redact(first_line(cause))}") from None
+        target, setting = item.get("_target_"), f"hydra.sweeper.callbacks[{i}]"
+        callback = made(item, setting)
         if not callable(callback):
             raise UserError(f"{setting}._target_={target} is not callable as callback(study, trial)")
         made.append((f"{setting} ({target})", callback))

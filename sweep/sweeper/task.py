@@ -31,7 +31,10 @@ class LocalTrial:
     """Outside a sweep: the calls a task makes on its trial, answered locally."""
 
     number = None
+    study_name = None
     params: dict = {}
+    study_attrs: dict = {}
+    parent_run_id = None
 
     def __init__(self) -> None:
         self.user_attrs: dict[str, Any] = {}
@@ -91,13 +94,31 @@ class SweepTrial:
         self._values = dict(frozen.intermediate_values)
         self._reported = set(frozen.intermediate_values)
         self._prunes = type(study.pruner).__name__ != "NopPruner"
-        self._light = None
+        self._light, self._study_attrs = None, None
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
             self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
 
     @property
     def user_attrs(self) -> dict[str, Any]:
         return dict(self._storage.get_trial(self._id).user_attrs)
+
+    @property
+    def study_name(self) -> str:
+        """The sweep's study: the group an app's tracker puts this trial's run in."""
+        return self.study.study_name
+
+    @property
+    def study_attrs(self) -> dict[str, Any]:
+        """The study's user attributes, read once: what the sweep publishes for its trials (a tracker's parent run)."""
+        if self._study_attrs is None:
+            study_id = self._storage.get_study_id_from_name(self.study.study_name)
+            self._study_attrs = dict(self._storage.get_study_user_attrs(study_id))
+        return self._study_attrs
+
+    @property
+    def parent_run_id(self) -> str | None:
+        """The sweep's parent run in its tracker (hydra.sweeper.tracker), for linking this trial's run to it."""
+        return self.study_attrs.get("parent_run_id")
 
     def report(self, value: float, step: int) -> None:
         if len(self.study.directions) > 1:
