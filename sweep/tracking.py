@@ -241,7 +241,8 @@ def _reachable(uri: str, setting: str) -> None:
         return  # it answered: a server without /health, or behind a proxy that wants a login
     except Exception as e:
         raise UserError(f"{setting}: the MLflow tracking server {redact(uri)} cannot be reached "
-                        f"({redact(first_line(e))}); start it, or set {setting}.tracking_uri") from None
+                        f"({redact(first_line(e))}); start it, or point its tracking_uri (or MLFLOW_TRACKING_URI) "
+                        "elsewhere") from None
 
 
 def _mlflow_client(tracking_uri: str | None, setting: str):

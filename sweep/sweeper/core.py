@@ -344,14 +344,14 @@ def _tracker_call(call, study) -> None:
 
 def _callbacks(items: Any) -> list[tuple[str, Any]]:
     """hydra.sweeper.callbacks, made before the first trial: one that cannot be made is one line naming it."""
-    made = []
+    found = []
     for i, item in enumerate(items or []):
         target, setting = item.get("_target_"), f"hydra.sweeper.callbacks[{i}]"
         callback = made(item, setting)
         if not callable(callback):
             raise UserError(f"{setting}._target_={target} is not callable as callback(study, trial)")
-        made.append((f"{setting} ({target})", callback))
-    return made
+        found.append((f"{setting} ({target})", callback))
+    return found
 
 
 def _resolve(path: Any, setting: str):
