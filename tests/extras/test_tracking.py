@@ -36,13 +36,14 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """`mlflow server` as users start it, in its own process group (it starts workers), ended with the group; it
-    outlives single tests, so it does not carry their mark."""
+    outlives single tests, so it does not carry their mark. Its background job runners (eight processes that poll)
+    are off: the tests log runs, they start no server-side jobs."""
     root = tmp_path_factory.mktemp("mlflow")
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
          "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=root, env={k: v for k, v in os.environ.items() if k != MARK}, stdout=open(root / "log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+         "--workers", "1"], cwd=root, env={**{k: v for k, v in os.environ.items() if k != MARK}, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}, stdout=open(root / "log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
