@@ -23,6 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pages
 from common import conditions, cpu_hogs, header
 
 from sweep import tracking
@@ -39,6 +40,10 @@ class Trial:
     def __init__(self, number: int, attrs: dict):
         self.number, self.study_name, self.study_attrs = number, "bench", attrs
         self.parent_run_id = attrs.get(tracking.PARENT_RUN)
+
+
+def spread(values: list[float], digits: int) -> str:
+    return f"{statistics.median(values):.{digits}f} ({min(values):.{digits}f}-{max(values):.{digits}f})"
 
 
 def mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
@@ -61,8 +66,10 @@ def mlflow_server(root: Path) -> tuple[str, subprocess.Popen]:
             time.sleep(0.2)
 
 
-def measure(name: str, spec: dict | None, trial: Trial, run_dir: Path, epochs: int) -> tuple[float, float]:
-    """(seconds to start and finish the run, median milliseconds per epoch's log call)."""
+def measure(name: str, spec: dict | None, trial: Trial, run_dir: Path, epochs: int) -> tuple[float, float, float]:
+    """(seconds to start and finish the run, mean milliseconds per epoch's log call over the run, milliseconds of
+    the first epoch's call, which sends at once: what every epoch pays when epochs are longer than MLflow's
+    FLUSH_SECONDS)."""
     loggers = {name: spec} if spec else {}
     began = time.perf_counter()
     per_epoch = []
@@ -73,7 +80,7 @@ def measure(name: str, spec: dict | None, trial: Trial, run_dir: Path, epochs: i
             runs.log(METRICS, epoch)
             per_epoch.append(time.perf_counter() - t)
         closing = time.perf_counter()
-    return opened + time.perf_counter() - closing, 1000 * statistics.median(per_epoch)
+    return opened + time.perf_counter() - closing, 1000 * statistics.mean(per_epoch), 1000 * per_epoch[0]
 
 
 def main() -> None:
@@ -107,21 +114,30 @@ def main() -> None:
             "mlflow (server)": {"_target_": "sweep.tracking.MLflowLogger", "tracking_uri": uri},
             "wandb (offline)": {"_target_": "sweep.tracking.WandbLogger", "project": "bench"},
         }
+        measured: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
         for label, load in conditions(args.load):
-            results: dict[str, list[tuple[float, float]]] = {name: [] for name in contenders}
+            results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in contenders}
             with cpu_hogs(load):
                 for r in range(args.rounds):
                     for i, (name, spec) in enumerate(contenders.items()):
                         run_dir = root / f"{label[:4]}-{r}-{i}"
                         run_dir.mkdir()
                         results[name].append(measure(name, spec, Trial(r, study.user_attrs), run_dir, args.epochs))
+            measured[label] = results
             print(f"## {label}: {args.rounds} rounds of {args.epochs} epochs; median (min-max over rounds)")
-            print(f"{'logger':<22} {'start + finish, s':>22} {'per epoch, ms':>22}")
+            print(f"{'logger':<22} {'start + finish, s':>22} {'per epoch, ms':>22} {'an epoch that sends, ms':>24}")
             for name, rows in results.items():
-                starts, epochs = [s for s, _ in rows], [e for _, e in rows]
-                print(f"{name:<22} {statistics.median(starts):>9.3f} ({min(starts):.3f}-{max(starts):.3f})"
-                      f" {statistics.median(epochs):>10.2f} ({min(epochs):.2f}-{max(epochs):.2f})")
+                print(f"{name:<22} {spread([r[0] for r in rows], 3):>22} {spread([r[1] for r in rows], 2):>22}"
+                      f" {spread([r[2] for r in rows], 2):>24}")
             print()
+        what = (("per epoch, ms", 1, 2), ("an epoch that sends, ms", 2, 2), ("start + finish, s", 0, 3))
+        columns = ["logger"] + [f"{title} ({label})" for title, _, _ in what for label in measured]
+        rows = [[f"`{name}`"] + [spread([row[k] for row in measured[label][name]], digits)
+                                 for _, k, digits in what for label in measured]
+                for name in contenders]
+        saved = pages.save("trackers", columns, rows,
+                           f"median (min-max) over {args.rounds} interleaved rounds of {args.epochs} epochs each")
+        print(f"saved {saved}; python bench/pages.py writes it into the docs")
         parent.end(study, interrupted=False)
     finally:
         os.killpg(server.pid, signal.SIGKILL)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -317,11 +318,12 @@ class MLflowParent:
 
 class MLflowLogger(Logger):
     """A child run per trial, linked to the sweep's parent run by id: the config as parameters, each step's
-    metrics, the best checkpoint as an artifact, and the trial's state (a pruned trial ends KILLED, with the tag
+    metrics (sent at most every FLUSH_SECONDS, so short epochs do not each wait on the server), the best checkpoint as an artifact, and the trial's state (a pruned trial ends KILLED, with the tag
     sweep.state=pruned). The tracking URI: this setting, else the sweep's (from its tracker), else
     MLFLOW_TRACKING_URI, as MLflow's users expect."""
 
     STATUS = {"completed": "FINISHED", "pruned": "KILLED"}
+    FLUSH_SECONDS = 5.0
 
     def __init__(self, tracking_uri: str | None = None, experiment_name: str | None = None, artifacts: bool = True):
         self.tracking_uri, self.experiment_name, self.artifacts = tracking_uri, experiment_name, artifacts
@@ -338,6 +340,7 @@ class MLflowLogger(Logger):
             tags["mlflow.parentRunId"] = sweep_attrs[PARENT_RUN]
         from mlflow.entities import Param
 
+        self.pending, self.sent_at = [], -math.inf
         self.run_id = self.client.create_run(_experiment_id(self.client, name, self.setting),
                                              run_name=_trial_name(trial), tags=tags).info.run_id
         values = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
@@ -348,13 +351,23 @@ class MLflowLogger(Logger):
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        self.pending += [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        if time.monotonic() - self.sent_at >= self.FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        """One round trip for what the last seconds logged (MLflow's own background queue costs a second per run
+        to shut down, more than a short trial's round trips)."""
+        for i in range(0, len(self.pending), 1000):  # MLflow takes at most 1000 metrics per call
+            self.client.log_batch(self.run_id, metrics=self.pending[i:i + 1000])
+        self.pending, self.sent_at = [], time.monotonic()
 
     def artifact(self, path):
         if self.artifacts:
             self.client.log_artifact(self.run_id, str(path))
 
     def finish(self, state):
+        self.flush()
         self.client.set_tag(self.run_id, "sweep.state", state)
         self.client.set_terminated(self.run_id, self.STATUS.get(state, "FAILED"))
 

@@ -30,3 +30,18 @@ def test_the_readme_is_short_and_the_docs_name_no_commit_or_issue():
         text = page.read_text()
         assert not re.search(r"\bcommit [0-9a-f]{7}\b", text), page.name
         assert not re.search(r"\bissue #?\d+|\(#\d+\)", text, re.I), page.name
+
+
+def test_benchmark_tables_are_written_from_their_saved_results():
+    """No figure moved by hand: each results block is what bench/pages.py writes from docs/results/*.json."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("pages", ROOT / "bench" / "pages.py")
+    pages = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pages)
+    blocks = 0
+    for page in DOCS:
+        text = page.read_text()
+        blocks += len(pages.BLOCK.findall(text))
+        assert pages.render(text) == text, f"{page.name} differs from its saved results: run python bench/pages.py"
+    assert blocks >= 1
