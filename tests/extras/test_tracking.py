@@ -23,8 +23,8 @@ from mlp import train_cli
 pytest.importorskip("optuna_integration")
 mlflow = pytest.importorskip("mlflow")
 
-# One tracking server for the module, and Ray in one of its tests: these stay with the other Ray tests.
-pytestmark = pytest.mark.xdist_group("ray")
+# The tests on the tracking server share it, and one of them starts Ray: they stay with the other Ray tests.
+on_the_server = pytest.mark.xdist_group("ray")
 
 
 def free_port() -> int:
@@ -99,6 +99,7 @@ def check_mlflow(uri: str, experiment_name: str, optuna_states: dict[int, str]) 
     return parent.info.run_id
 
 
+@on_the_server
 def test_mlflow_tensorboard_and_csv_on_the_pool_one_parent_per_study_also_after_resume(tmp_path, server):
     result = train_cli(*SWEEP, "logger=many", f"logger.mlflow.tracking_uri={server}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -136,11 +137,28 @@ def test_mlflow_tensorboard_and_csv_on_the_pool_one_parent_per_study_also_after_
     assert check_mlflow(server, "digits", states(tmp_path)) == parent
 
 
+@on_the_server
 def test_mlflow_on_ray_pool_links_children_to_the_parent(tmp_path, server):
     result = train_cli(*SWEEP, "hydra/launcher=ray_pool", "logger=mlflow", f"logger.mlflow.tracking_uri={server}",
                        "logger.mlflow.experiment_name=on_ray", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     check_mlflow(server, "on_ray", states(tmp_path))
+
+
+@pytest.mark.parametrize("launcher", ["slurm_pool hydra.launcher.executor=local", "basic"])
+def test_mlflow_groups_the_trials_of_slurm_pool_and_hydras_own_launcher(tmp_path, launcher):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = train_cli("--multirun", "search=digits", "data=digits", "trainer.epochs=2", "hydra.sweeper.n_trials=3",
+                       *f"hydra/launcher={launcher}".split(), "logger=mlflow", f"logger.mlflow.tracking_uri={uri}",
+                       cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = mlflow.tracking.MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("digits").experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r is not parent]
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1", "trial-2"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
+    assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
 
 
 def test_an_own_app_links_its_runs_to_the_sweeps_parent(tmp_path):

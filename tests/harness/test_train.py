@@ -54,6 +54,24 @@ def test_the_trial_hears_every_epoch_and_can_stop_the_run_as_pruned(make_cfg, tm
     assert not (tmp_path / LAST).exists()  # an ended run leaves nothing to resume
 
 
+def test_a_trackers_run_ends_with_the_runs_state_even_when_training_dies(make_cfg, tmp_path):
+    """logger=csv as the example tracker: each epoch logged once, and the run closed with its state: completed,
+    pruned, or failed when training raised (the logger is closed in a finally)."""
+    import pandas as pd
+
+    for name, trial in (("done", Recorder()), ("pruned", Recorder(prune_at=2)), ("died", Recorder(crash_at=2))):
+        cfg = make_cfg("data=digits", "trainer.epochs=3", "logger=csv", f"logger.csv.path={tmp_path / name}.csv")
+        try:
+            train(cfg, tmp_path / name, trial)
+        except KeyboardInterrupt:
+            pass
+    states = {name: pd.read_csv(tmp_path / f"{name}.csv").query("metric == 'state'").value.tolist()
+              for name in ("done", "pruned", "died")}
+    assert states == {"done": ["completed"], "pruned": ["pruned"], "died": ["failed"]}
+    epochs = pd.read_csv(tmp_path / "done.csv").query("metric == 'val_accuracy'").step.tolist()
+    assert epochs == [1, 2, 3]
+
+
 def test_a_prune_answer_after_the_last_epoch_leaves_the_run_complete(make_cfg, tmp_path):
     metrics = train(make_cfg("data=digits", "trainer.epochs=2"), tmp_path, Recorder(prune_at=2))
     assert metrics["status"] == "completed" and metrics["epochs_run"] == 2
