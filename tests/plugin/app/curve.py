@@ -56,7 +56,8 @@ def main(cfg: DictConfig) -> float:
         if cfg.exit_code is not None:
             sys.exit(cfg.exit_code)
         value = score(cfg.lr, cfg.width, epoch)
-        (out / "last_epoch").write_text(str(epoch))
+        (out / "last_epoch.tmp").write_text(str(epoch))  # a kill mid-write must not leave an empty checkpoint
+        os.replace(out / "last_epoch.tmp", out / "last_epoch")
         trial.report(value, epoch)
         if epoch < cfg.epochs and trial.should_prune():
             raise optuna.TrialPruned()
