@@ -178,33 +178,68 @@ class RayPoolLauncher(AsyncLauncher):
 
 OWNER = "SWEEP_RAY_OWNER"  # set in the environment of every process of a Ray this sweep starts
 WATCHDOG = """
-import os, signal, sys, time
+import os, re, select, signal, sys, time
 token, sweep = sys.argv[1], sys.argv[2]
-# Until end of file (the sweep closed it, or died): the node id of the Ray it started, which Ray's agents carry.
-nodes = {f"RAY_NODE_ID={line.split()[1]}".encode() for line in sys.stdin if line.startswith("node ")}
 me, mark = str(os.getpid()), f"SWEEP_RAY_OWNER={token}".encode()
+SESSION = re.compile(rb"session_[0-9]{4}-[0-9_-]+")
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+def scan():
+    # pid -> (parent, environment, command line)
+    found = {}
+    for pid in os.listdir("/proc"):
+        if pid.isdigit() and pid not in (me, sweep):
+            stat = read(f"/proc/{pid}/stat")
+            if stat:
+                found[pid] = (stat.rsplit(b")", 1)[1].split()[1].decode(), read(f"/proc/{pid}/environ").split(b"\\0"),
+                              read(f"/proc/{pid}/cmdline"))
+    return found
+
+
+def files(pid):
+    try:
+        return [os.readlink(f"/proc/{pid}/fd/{fd}").encode() for fd in os.listdir(f"/proc/{pid}/fd")]
+    except OSError:
+        return []
+
+
+# While the sweep runs: the node id it sends once Ray is up, and the name of its Ray's session (its folder in Ray's
+# temp dir), read from the command lines of the processes carrying the token. A Ray agent may start just as the
+# raylet dies, and Ray rewrites its processes' titles over their environment: what it has open names the session.
+nodes, sessions, data = set(), set(), b""
+while True:
+    ready = select.select([0], [], [], None if sessions else 0.5)[0]
+    if ready:
+        chunk = os.read(0, 4096)
+        if not chunk:
+            break  # the sweep closed its end, or died
+        data += chunk
+        nodes = {f"RAY_NODE_ID={line.split()[1].decode()}".encode() for line in data.splitlines() if line.startswith(b"node ")}
+    else:
+        for pid, (ppid, env, cmd) in scan().items():
+            if mark in env:
+                sessions.update(SESSION.findall(cmd))
 
 
 def doomed():
-    # The processes carrying the token (the GCS, the raylet, ...) or the node's id (Ray's agents, which may already
-    # have left the raylet), and every descendant of theirs (workers).
-    parent, roots = {}, set()
-    for pid in os.listdir("/proc"):
-        if not pid.isdigit() or pid in (me, sweep):
-            continue
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                parent[pid] = f.read().rsplit(")", 1)[1].split()[1]
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\\0")
-            if mark in env or nodes.intersection(env):
-                roots.add(pid)
-        except OSError:
-            pass
+    procs, roots = scan(), set()
+    for pid, (ppid, env, cmd) in procs.items():
+        ray = cmd.startswith(b"ray::") or b"/ray/" in cmd  # not, say, a user's tail -f of Ray's logs
+        if mark in env or nodes.intersection(env) or ray and sessions and (any(s in cmd for s in sessions) or any(
+                s in path for path in files(pid) for s in sessions)):
+            roots.add(pid)
     found, grew = set(roots), True
-    while grew:
+    while grew:  # and every descendant of theirs (workers)
         grew = False
-        for pid, ppid in parent.items():
+        for pid, (ppid, _, _) in procs.items():
             if ppid in found and pid not in found:
                 found.add(pid)
                 grew = True

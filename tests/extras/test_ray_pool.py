@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from helpers import MARK, alive, assert_one_line_error, marked_processes, run_app, start_app, trials, wait_for
+from helpers import (MARK, alive, assert_one_line_error, children, marked_processes, run_app, start_app, trials,
+                     wait_for)
 
 ray = pytest.importorskip("ray")  # the `ray` extra; .ci/run installs it
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster at a time on a 2-core machine
@@ -128,3 +129,29 @@ def test_an_address_that_accepts_and_never_answers_is_one_line_within_the_time_l
                      "hydra.launcher.connect_timeout=5", cwd=tmp_path, timeout=120)
     assert_one_line_error(result, f"hydra.launcher.address='127.0.0.1:{port}'", "no answer", "connect_timeout=5")
     silent.close()
+
+
+def _raylet_started(pid: int) -> bool:
+    for child in children(pid):
+        try:
+            if b"raylet" in Path(f"/proc/{child}/cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+@pytest.mark.parametrize("moment", ["while its Ray starts", "while trials run"])
+def test_the_ray_a_killed_sweep_started_ends_with_it(tmp_path, moment):
+    """SIGKILL, which nothing in the sweep can catch: its watchdog ends the Ray it started, agents included (they
+    may start just as the raylet dies, with their titles written over their environment)."""
+    proc = start_app("--multirun", "hydra/launcher=ray_pool", "hydra.sweeper.n_trials=2", "epochs=100000",
+                     "epoch_seconds=0.05", cwd=tmp_path)
+    if moment == "while its Ray starts":
+        wait_for(lambda: _raylet_started(proc.pid), "Ray's raylet to start", process=proc)
+    else:
+        wait_for(lambda: sum(bool(t.intermediate_values) for t in trials(_db(tmp_path), STUDY)) >= 1,
+                 "a trial training", process=proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    wait_for(lambda: not marked_processes(), "Ray's processes (raylet, GCS, agents, workers) to end", timeout=60)
