@@ -94,7 +94,8 @@ class SweepTrial:
         self._values = dict(frozen.intermediate_values)
         self._reported = set(frozen.intermediate_values)
         self._prunes = type(study.pruner).__name__ != "NopPruner"
-        self._light, self._study_attrs = None, None
+        self._light, self._study_attrs, self._rungs, self._pruning_study = None, None, None, None
+        self._system_attrs = dict(frozen.system_attrs)
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
             self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
 
@@ -142,18 +143,18 @@ class SweepTrial:
         if not self._prunes or not self._reported:  # a pruner that never prunes costs no query
             return False
         if self._light is not None:  # this trial as the pruner sees it, from what it reported
-            from optuna.trial import FrozenTrial, TrialState
-
-            me = FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
-                             datetime_complete=None, params=self.params, distributions=self.distributions,
-                             user_attrs={}, system_attrs={}, intermediate_values=dict(self._values),
-                             trial_id=self._id)
+            me = self._frozen({})
             prune = self.study.pruner.prune(self._light, me)
             if prune and self._light.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
                 self._light.refresh()
                 prune = self.study.pruner.prune(self._light, me)
-        else:  # pruners that keep state in the trial (halving's rungs) read and write it in storage
-            prune = self.study.pruner.prune(self.study, self._storage.get_trial(self._id))
+        else:  # halving and hyperband: rungs in this trial's system attributes, every trial's at each rung
+            study, me = self._rung_study(), self._frozen(self._system_attrs)
+            self._rungs.me = me
+            prune = self.study.pruner.prune(study, me)
+            if prune and self._rungs.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
+                self._rungs.refresh()
+                prune = self.study.pruner.prune(study, me)
         if prune:
             self.set_user_attr(STOP_REASON, f"pruned at step {max(self._reported)} by {_pruner_name(self.study.pruner)}")
             return True
@@ -161,6 +162,60 @@ class SweepTrial:
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._storage.set_trial_user_attr(self._id, key, value)
+
+    def _frozen(self, system_attrs: dict):
+        """This trial as a pruner sees it, built from what it reported: no read of it from storage per epoch."""
+        from optuna.trial import FrozenTrial, TrialState
+
+        return FrozenTrial(number=self.number, state=TrialState.RUNNING, value=None, datetime_start=None,
+                           datetime_complete=None, params=self.params, distributions=self.distributions,
+                           user_attrs={}, system_attrs=dict(system_attrs), intermediate_values=dict(self._values),
+                           trial_id=self._id)
+
+    def _rung_study(self):
+        """Optuna's own Study for halving and hyperband, over a storage that spares a read per epoch."""
+        if self._rungs is None:
+            import optuna
+
+            study_id = self._storage.get_study_id_from_name(self.study.study_name)
+            self._rungs = RungStorage(self._storage, study_id, self._id, self._system_attrs)
+            self._pruning_study = optuna.Study(study_name=self.study.study_name, storage=self._rungs,
+                                               pruner=self.study.pruner, sampler=self.study.sampler)
+        return self._pruning_study
+
+
+class RungStorage:
+    """The storage as halving and hyperband use it between epochs, passed through but for two reads. The study's
+    trials are read again only every few seconds, and always before a decision to prune (finished trials and their
+    rungs never change). This trial is the one the pruner is judging, as it reported, and its rungs are kept here as
+    the pruner writes them, so a report costs no read of it (tests/plugin/test_task.py pins the decisions)."""
+
+    REFRESH_SECONDS = 2.0
+
+    def __init__(self, storage, study_id: int, trial_id: int, attrs: dict):
+        self._storage, self._study_id, self._trial_id, self._attrs = storage, study_id, trial_id, attrs
+        self._trials, self.read_at, self.me = [], -float("inf"), None
+
+    def refresh(self) -> None:
+        self._trials = self._storage.get_all_trials(self._study_id, deepcopy=False)
+        self.read_at = time.monotonic()
+
+    def get_all_trials(self, study_id: int, deepcopy: bool = True, states=None) -> list:
+        if study_id != self._study_id:
+            return self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
+        if time.monotonic() - self.read_at > self.REFRESH_SECONDS:
+            self.refresh()
+        trials = [t for t in self._trials if t._trial_id != self._trial_id] + [self.me]
+        trials.sort(key=lambda t: t.number)
+        return [t for t in trials if states is None or t.state in states]
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self._storage.set_trial_system_attr(trial_id, key, value)
+        if trial_id == self._trial_id:
+            self._attrs[key] = value
+
+    def __getattr__(self, name: str):
+        return getattr(self._storage, name)
 
 
 def trial():

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from sweep.sweeper import storage as st
-from sweep.sweeper.task import CompletedTrials, SweepTrial
+from sweep.sweeper.task import CompletedTrials, RungStorage, SweepTrial
 
 
 def _study(tmp_path, pruner, curves):
@@ -47,6 +47,72 @@ def test_pruning_decisions_are_optunas_own(tmp_path, pruner):
             assert mine.should_prune() == theirs.should_prune(), (type(pruner).__name__, curve, step)
         study.tell(ours, curve[-1])
         study.tell(theirs, curve[-1])
+
+
+@pytest.mark.parametrize("pruner", [
+    lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2),
+    lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=8, reduction_factor=2)],
+    ids=["halving", "hyperband"])
+def test_rung_pruning_decisions_are_optunas_own(tmp_path, pruner):
+    """Two studies with the same history: in one, each new trial reports through SweepTrial (its rungs kept in the
+    worker, the study's trials read at most every few seconds); in the other, through Optuna's own Trial. Every
+    decision and every rung written must match."""
+    curves = [[0.2 + 0.1 * k + 0.02 * s for s in range(8)] for k in range(6)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    study, worker, wstudy = _study(tmp_path / "a", pruner(), curves)
+    theirs_study = _study(tmp_path / "b", pruner(), curves)[0]
+    candidates = [[0.25 + 0.02 * s for s in range(8)], [0.7 + 0.01 * s for s in range(8)], [0.5] * 8,
+                  [0.9 - 0.1 * s for s in range(8)], [0.45 + 0.03 * s for s in range(8)]]
+    pruned = 0
+    for curve in candidates:
+        ours = study.ask({"x": FloatDistribution(0, 1)})
+        theirs = theirs_study.ask({"x": FloatDistribution(0, 1)})
+        assert ours.number == theirs.number
+        mine = _connect(worker, wstudy, ours.number)
+        decisions = []
+        for step, value in enumerate(curve, 1):
+            mine.report(value, step)
+            theirs.report(value, step)
+            decisions.append((mine.should_prune(), theirs.should_prune()))
+            if decisions[-1][1]:
+                break
+        assert [a for a, _ in decisions] == [b for _, b in decisions], (curve, decisions)
+        rungs = lambda s, n: {k: v for k, v in s.trials[n].system_attrs.items() if "rung" in k}  # noqa: E731
+        assert rungs(study, ours.number) == rungs(theirs_study, theirs.number)
+        if decisions[-1][1]:
+            pruned += 1
+            study.tell(ours, state=optuna.trial.TrialState.PRUNED)
+            theirs_study.tell(theirs, state=optuna.trial.TrialState.PRUNED)
+        else:
+            study.tell(ours, curve[-1])
+            theirs_study.tell(theirs, curve[-1])
+    assert 0 < pruned < len(candidates)  # the candidates tested both answers
+
+
+def test_a_rung_decision_to_prune_rests_on_fresh_data(tmp_path, monkeypatch):
+    """Halving reads the study at most every few seconds (here: never by the clock), but never prunes on that: a
+    decision to stop is checked against the trials as they are now."""
+    monkeypatch.setattr(RungStorage, "REFRESH_SECONDS", 3600.0)
+    study, worker, wstudy = _study(tmp_path, optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=2), [])
+
+    def judged_by_optuna(curve):  # its rungs written by Optuna's own Trial
+        t = study.ask({"x": FloatDistribution(0, 1)})
+        for step, value in enumerate(curve, 1):
+            t.report(value, step)
+            if t.should_prune():
+                return study.tell(t, state=optuna.trial.TrialState.PRUNED)
+        study.tell(t, curve[-1])
+
+    judged_by_optuna([0.9, 0.9])
+    judged_by_optuna([0.9, 0.9])
+    mine = _connect(worker, wstudy, study.ask({"x": FloatDistribution(0, 1)}).number)
+    mine.report(0.95, 1)
+    assert not mine.should_prune()  # read now: two trials at the second rung, both at 0.9
+    for _ in range(5):
+        judged_by_optuna([0.96, 0.1])  # five more at the second rung, all below what this trial reports next
+    mine.report(0.5, 2)
+    assert not mine.should_prune()  # what it read said stop (0.5 of 0.9, 0.9); the study as it is says go on
 
 
 def test_a_decision_to_prune_rests_on_fresh_data(tmp_path):
