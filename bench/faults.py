@@ -5,7 +5,8 @@ optionally beside CPU-bound processes (the load under which some of these faults
 
 Hostile input, round three:
   a stale submitit result pickle in a reused sweep folder; a journal torn by a crash mid-write; a sweep killed
-  between creating a trial and its first heartbeat; a trial that forks; SQLite writers racing on a new study
+  between creating a trial and its first heartbeat; a sweep killed while its local Ray starts or runs trials; a
+  trial that forks; SQLite writers racing on a new study
 Issue #18 (hostile input, round two):
   1 a shared sweep folder whose study.json names a host and an ${oc.env:...} secret
   2 passwords in storage URLs: literal, behind a default, in the query, in an override that does not parse
@@ -15,7 +16,8 @@ Issue #10 (the first round):
   5 a checkpoint that names hostile pickles      6 kill -9 on a pool worker
   7 kill -9 / SIGTERM on the sweep itself         8 the SQLite file deleted mid-sweep
   9 a damaged data cache
-Prints one row per case: PASS or FAIL, the tests it ran and the seconds it took.
+Prints one row per case: PASS or FAIL, the tests it ran and the seconds it took; saves the table for the docs
+(docs/results/faults.json, written into docs/benchmarks.md by bench/pages.py).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import pages
 from common import header
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +41,8 @@ CASES = [
      [f"{P}/test_study.py::test_a_journal_whose_last_record_was_torn_loses_nothing_and_the_rerun_goes_on"]),
     ("#26.7", "killed between a trial's creation and its first heartbeat: failed and retried, nothing RUNNING",
      [f"{P}/test_study.py::test_a_trial_whose_sweep_died_before_its_first_heartbeat_is_failed_and_retried_by_the_next"]),
+    ("#26.9", "kill -9 on a sweep while its local Ray starts, or while trials run: no Ray process left",
+     [f"{X}/test_ray_pool.py::test_the_ray_a_killed_sweep_started_ends_with_it"]),
     ("#26.10", "a trial that forks, then Ctrl-C: the sweep stops, nothing left running",
      [f"{P}/test_pool.py::test_a_trial_that_forks_children_does_not_keep_the_stopped_sweep_alive"]),
     ("#26.15", "8 processes creating and writing one new SQLite study at once: no 'database is locked'",
@@ -80,7 +85,7 @@ def main() -> None:
         header(f"Faults, end to end, beside {args.load} CPU-bound process(es)")
         print("| issue | fault | result | tests | seconds |")
         print("|---|---|---|---|---|")
-        failed = 0
+        failed, rows = 0, []
         for number, what, nodes in CASES:
             start = time.perf_counter()
             run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n0", "-p", "no:cacheprovider", "-m", "",
@@ -88,14 +93,21 @@ def main() -> None:
             ok = run.returncode == 0
             failed += not ok
             summary = run.stdout.strip().splitlines()[-1] if run.stdout.strip() else "no output"
-            print(f"| {number} | {what} | {'PASS' if ok else 'FAIL'} | {summary.strip('= ').split(' in ')[0]} | "
-                  f"{time.perf_counter() - start:.0f} |", flush=True)
+            row = [what, "PASS" if ok else "FAIL", summary.strip("= ").split(" in ")[0],
+                   f"{time.perf_counter() - start:.0f}"]
+            rows.append(row)
+            print(f"| {number} | {' | '.join(row)} |", flush=True)
             if not ok:
                 print(run.stdout[-3000:], file=sys.stderr)
     finally:
         for hog in hogs:
             hog.kill()
             hog.wait()
+    if len(rows) == len(CASES):
+        saved = pages.save("faults", ["fault", "result", "tests", "seconds"], rows,
+                           f"one run of each case's tests beside {args.load} CPU-bound process(es); the seconds "
+                           "include each run's start-up")
+        print(f"saved {saved}; python bench/pages.py writes it into the docs")
     sys.exit(1 if failed else 0)
 
 
