@@ -68,11 +68,11 @@ class SweeperConf:
     warm_start: Any = setting(None, optional(mapping()))
     # Stop the whole sweep early: {target: value reached, trials: N without improvement, seconds: T without one}.
     stop: Any = setting(None, optional(mapping()))
-    # Called in the sweep's process after each trial ends, as Optuna calls its callbacks: (study, frozen_trial).
-    # [{_target_: optuna_integration.mlflow.MLflowCallback, tracking_uri: ..., metric_name: ...}, ...]
     # A tracker's run for the whole sweep, made in the sweep's process before the first trial; each trial finds its id
     # as sweep.trial().parent_run_id. {_target_: sweep.tracking.MLflowParent, tracking_uri: ..., experiment_name: ...}
     tracker: Any = setting(None, optional(Rule("a {_target_: ..., ...} mapping", lambda v: hasattr(v, "keys") and isinstance(v.get("_target_"), str))))
+    # Called in the sweep's process after each trial ends, as Optuna calls its callbacks: (study, frozen_trial).
+    # [{_target_: optuna_integration.mlflow.MLflowCallback, tracking_uri: ..., metric_name: ...}, ...]
     callbacks: Any = setting(factory=list, rule=Rule("a list of {_target_: ..., ...} mappings", lambda v: listish(v) and all(
         hasattr(c, "keys") and isinstance(c.get("_target_"), str) for c in v)))
 
@@ -317,6 +317,5 @@ def made(node: Any, setting: str) -> Any:
         return get_method(target)(**fields)
     except UserError:
         raise
-    except Exception as e:
-        cause = e.__cause__ if type(e).__name__ == "InstantiationException" and e.__cause__ else e
-        raise UserError(f"{setting}._target_={target} cannot be created: {redact(first_line(cause))}") from None
+    except Exception as e:  # a target that does not import, or arguments it does not take
+        raise UserError(f"{setting}._target_={target} cannot be created: {redact(first_line(e))}") from None

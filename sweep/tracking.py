@@ -35,7 +35,6 @@ log = logging.getLogger(__name__)
 PARENT_RUN = "parent_run_id"  # study user attributes the tracker publishes for its trials
 TRACKING_URI = "tracking_uri"
 EXPERIMENT = "experiment_name"
-STATES = ("completed", "pruned", "failed", "diverged")
 
 
 def _need(module: str, extra: str, setting: str):
@@ -116,8 +115,8 @@ class Runs:
             logger.log(metrics, step)
 
     def artifact(self, path: Path) -> None:
-        for logger in self.loggers:
-            if Path(path).is_file():
+        if Path(path).is_file():
+            for logger in self.loggers:
                 logger.artifact(Path(path))
 
     def __exit__(self, kind, error, tb) -> bool:
@@ -200,9 +199,7 @@ class TensorBoardLogger(Logger):
         root = Path(self.save_dir) if self.save_dir else (_sweep_dir() or run_dir) / "tensorboard"
         self.dir = root / (_trial_name(trial) or "run")
         self.writer = tb.SummaryWriter(log_dir=str(self.dir))
-        self.params = {k: v for k, v in flatten(params).items() if v is not None}
-        self.best: float | None = None
-        experiment, start, _ = hparams(self.params, {self.metric: 0.0})
+        experiment, start, _ = hparams({k: v for k, v in flatten(params).items() if v is not None}, {self.metric: 0.0})
         for summary in (experiment, start):
             self.writer.file_writer.add_summary(summary)
 
@@ -262,14 +259,16 @@ def _mlflow_client(tracking_uri: str | None, setting: str):
 
 def _experiment_id(client, name: str, setting: str) -> str:
     """The experiment's id, made if it is new; two workers making it at once both end with the same one."""
-    for attempt in range(2):
-        try:
-            found = client.get_experiment_by_name(name)
-            return found.experiment_id if found else client.create_experiment(name)
-        except Exception as e:
-            if attempt:
-                raise UserError(f"{setting}: MLflow experiment {name!r}: {redact(first_line(e))}") from None
-    raise AssertionError
+    try:
+        found = client.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return client.create_experiment(name)
+            except Exception:  # another worker made it a moment ago
+                found = client.get_experiment_by_name(name)
+        return found.experiment_id
+    except Exception as e:
+        raise UserError(f"{setting}: MLflow experiment {name!r}: {redact(first_line(e))}") from None
 
 
 class MLflowParent:

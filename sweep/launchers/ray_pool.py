@@ -261,8 +261,9 @@ for _ in range(50):  # again until none is left: a process being started while t
 
 def _watch_local_ray():
     """A small process that outlives the sweep: when the sweep's end of its pipe closes (the sweep stopped, or was
-    killed), it ends every process of the Ray this sweep started (Ray's raylet, GCS, agents and workers carry the
-    sweep's token in their environment). Linux only: elsewhere, None."""
+    killed), it ends every process of the Ray this sweep started: those carrying the sweep's token or the node's id in
+    their environment, those holding files in the Ray session's folder, and their descendants. Linux only: elsewhere,
+    None."""
     import os
     import subprocess
     import sys

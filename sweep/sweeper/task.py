@@ -142,19 +142,19 @@ class SweepTrial:
             return True
         if not self._prunes or not self._reported:  # a pruner that never prunes costs no query
             return False
-        if self._light is not None:  # this trial as the pruner sees it, from what it reported
-            me = self._frozen({})
-            prune = self.study.pruner.prune(self._light, me)
-            if prune and self._light.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
-                self._light.refresh()
-                prune = self.study.pruner.prune(self._light, me)
-        else:  # halving and hyperband: rungs in this trial's system attributes, every trial's at each rung
+        # This trial as the pruner sees it, from what it reported; the study through a view that is read again only
+        # every few seconds: completed trials for median, percentile and threshold; every trial's rungs for halving
+        # and hyperband, which keep this trial's rungs in its system attributes.
+        if self._light is not None:
+            view, study, me = self._light, self._light, self._frozen({})
+        else:
             study, me = self._rung_study(), self._frozen(self._system_attrs)
-            self._rungs.me = me
+            view = self._rungs
+            view.me = me
+        prune = self.study.pruner.prune(study, me)
+        if prune and view.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
+            view.refresh()
             prune = self.study.pruner.prune(study, me)
-            if prune and self._rungs.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
-                self._rungs.refresh()
-                prune = self.study.pruner.prune(study, me)
         if prune:
             self.set_user_attr(STOP_REASON, f"pruned at step {max(self._reported)} by {_pruner_name(self.study.pruner)}")
             return True
