@@ -241,7 +241,8 @@ def open_storage(storage: Storage, *, setting: str = "hydra.sweeper.storage", cr
             except errors() as e:
                 # Workers starting together on an empty database race to create Optuna's tables;
                 # the loser sees a duplicate-key error and finds the tables there on the next try.
-                racing = any(w in str(e) for w in ("duplicate key", "already exists", "UNIQUE constraint failed"))
+                racing = any(w in str(e) for w in (
+                    "duplicate key", "already exists", "UNIQUE constraint failed", "database is locked"))
                 if not racing or attempt == 4:
                     raise
                 time.sleep(0.5 * (attempt + 1))
@@ -373,11 +374,21 @@ def _write_ahead_log(storage: Storage, setting: str) -> None:
     mode is kept in the file, so it is set once, by the sweep, before its workers or Optuna's engine connect."""
     import sqlite3
 
-    try:
-        with contextlib.closing(sqlite3.connect(storage.path, timeout=60)) as db:
-            db.execute("PRAGMA journal_mode=WAL").fetchall()
-    except sqlite3.Error as e:
-        raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
+    # Switching a file to WAL can fail at once with "database is locked" when other processes open it at the same
+    # moment (SQLite's busy timeout does not cover the switch), so it is retried for up to a minute.
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with contextlib.closing(sqlite3.connect(storage.path, timeout=60)) as db:
+                if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    db.execute("PRAGMA journal_mode=WAL").fetchall()
+                return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() > deadline:
+                raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
+            time.sleep(0.05)
+        except sqlite3.Error as e:
+            raise UserError(f"{setting}={storage} cannot be opened: {first_line(e)}") from None
 
 
 def _sync_normal(engine) -> None:
