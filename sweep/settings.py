@@ -98,6 +98,17 @@ class TPESamplerConf:
 
 
 @dataclass
+class BudgetSamplerConf:
+    """sweep's own: TPE fitted on every trial's value at the largest epoch enough trials reached, pruned ones too."""
+
+    _target_: str = "sweep.sweeper.sampler.BudgetSampler"
+    seed: Optional[int] = None
+    min_trials: int = 10  # trials that must have reached an epoch before the model is fitted at it
+    n_startup_trials: int = 10  # random trials first
+    constant_liar: bool = True  # running trials count as bad ones, so parallel workers spread out
+
+
+@dataclass
 class RandomSamplerConf:
     _target_: str = "optuna.samplers.RandomSampler"
     seed: Optional[int] = None
@@ -251,7 +262,7 @@ def register() -> None:
     store = ConfigStore.instance()
     entries = [("hydra/sweeper", "sweep", SweeperConf)]
     entries += [("hydra/sweeper/sampler", name, node) for name, node in [
-        ("tpe", TPESamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
+        ("tpe", TPESamplerConf), ("budget", BudgetSamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
         ("nsgaii", NSGAIISamplerConf), ("nsgaiii", NSGAIIISamplerConf), ("gp", GPSamplerConf), ("qmc", QMCSamplerConf)]]
     entries += [("hydra/launcher", name, node) for name, node in [
         ("pool", PoolLauncherConf), ("ray_pool", RayPoolLauncherConf), ("slurm_pool", SlurmPoolLauncherConf)]]
@@ -269,7 +280,8 @@ def register() -> None:
 # ---------------------------------------------------------------- building what a config names
 
 
-SAMPLER_TARGETS = ("optuna.samplers.", "hydra_plugins.hydra_optuna_sweeper.")  # the latter: its configs, if they won
+SAMPLER_TARGETS = ("optuna.samplers.", "sweep.sweeper.sampler.",
+                   "hydra_plugins.hydra_optuna_sweeper.")  # the latter: its configs, if they won
 PRUNER_TARGETS = ("optuna.pruners.",)
 
 

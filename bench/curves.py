@@ -1,0 +1,383 @@
+"""Search quality on synthetic learning curves, in virtual time: who finds a better model sooner (#23, bench a).
+
+Each trial's learning curve is a published shape with crossing curves (fast starters end worse) and noise, and
+each epoch costs virtual seconds that grow with the model's width; nothing sleeps. Every contender is the real
+policy object fed on the same virtual clock, `--workers` trials at a time:
+
+- upstream: hydra-optuna-sweeper's loop (ask n_jobs trials, run them all to the end, tell, repeat), TPE, no pruning;
+- ray: Ray Tune's own ASHAScheduler (grace 1, reduction 4) and OptunaSearch (TPE), a stopped trial told its last value;
+- ours: asynchronous refill (a free worker asks at once) with each sampler/pruner pair, including
+  `budget` (sweep.sweeper.sampler.BudgetSampler) and `last` (a pruned trial told its last value, Ray's way).
+
+What counts is the true (noise-free) accuracy of the model a user would keep: the epoch with the best reported
+value so far. Printed per shape and worker count, over seeds: the median final best with its range, and the
+median time to reach each peer's final best as a fraction of the budget (the goal is at most 0.5).
+
+    python bench/curves.py --seeds 10 --workers 2 8
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from multiprocessing import Pool
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+EPOCHS = 50
+SPACE_NAMES = ("lr", "width", "weight_decay", "dropout")
+
+
+def distributions():
+    from optuna.distributions import FloatDistribution, IntDistribution
+
+    return {"lr": FloatDistribution(1e-4, 1.0, log=True), "width": IntDistribution(32, 1024, log=True),
+            "weight_decay": FloatDistribution(1e-6, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.6)}
+
+
+# ---------------------------------------------------------------- the curves
+
+def final_quality(p: dict) -> float:
+    """Where a curve ends: best at a middling learning rate, better when wider, with some weight decay, a
+    little dropout for wide models (an interaction TPE has to find)."""
+    lr = math.log10(p["lr"])
+    width = math.log2(p["width"]) - 5  # 0..5
+    wd = math.log10(p["weight_decay"])
+    q = 0.30 + 0.25 * math.exp(-((lr + 2.0) / 0.7) ** 2)
+    q += 0.02 * width
+    q -= 0.04 * ((wd + 3.5) / 2.5) ** 2
+    q -= 0.15 * (p["dropout"] - 0.08 * width) ** 2
+    return q
+
+
+def speed(p: dict) -> float:
+    """Epochs to get halfway: a larger learning rate starts faster (and, in final_quality, ends worse above 0.01)."""
+    return 1.0 + 12.0 * (1e-1 / p["lr"]) ** 0.45 / (1 + (1e-1 / p["lr"]) ** 0.45) * 2
+
+
+def curve(shape: str, p: dict) -> np.ndarray:
+    """True accuracy after each of EPOCHS epochs."""
+    q, s, t = final_quality(p), speed(p), np.arange(1, EPOCHS + 1, dtype=float)
+    start = 0.10
+    if shape == "power":  # a power law, as in Domhan et al.'s and LCBench's curves
+        return q - (q - start) * (1 + t / s) ** -1.2
+    if shape == "late":  # sigmoid: slow learners bloom late (a low learning rate's warm-up)
+        return start + (q - start) / (1 + np.exp(-(t - 1.5 * s) / (0.4 * s + 1)))
+    if shape == "overfit":  # rises fast, then loses what it gained when weight decay and dropout are low
+        rise = q - (q - start) * np.exp(-t / s)
+        guard = math.log10(p["weight_decay"]) + 6 + 6 * p["dropout"]  # 0 (none) .. ~7.6 (strong)
+        return rise - 0.004 * max(0.0, 6 - guard) * np.maximum(0, t - 2 * s) ** 0.8 / 3
+    raise ValueError(shape)
+
+
+def epoch_cost(p: dict) -> float:
+    return 1.0 + p["width"] / 256
+
+
+# ---------------------------------------------------------------- a run: the clock, the workers, the best model
+
+
+@dataclass
+class Run:
+    shape: str
+    seed: int
+    rng: np.random.Generator = field(init=False)
+    best_seen: float = -math.inf
+    best_true: float = 0.0
+    trace: list = field(default_factory=list)  # (time, true accuracy of the model kept)
+    trials: int = 0
+    epochs: int = 0
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
+
+    def observe(self, now: float, truth: float) -> float:
+        value = truth + self.rng.normal(0, 0.01)
+        self.epochs += 1
+        if value > self.best_seen:
+            self.best_seen, self.best_true = value, truth
+            self.trace.append((now, truth))
+        return value
+
+
+def run_async(policy, shape: str, seed: int, workers: int, budget: float) -> Run:
+    """Trials run epoch by epoch on `workers` workers; a worker that frees asks the policy for the next trial."""
+    run = Run(shape, seed)
+    clock, events, order = 0.0, [], 0
+    for _ in range(workers):
+        handle, params = policy.start()
+        run.trials += 1
+        events.append((epoch_cost(params), order, handle, params, curve(shape, params), 1))
+        order += 1
+    heapq.heapify(events)
+    while events:
+        clock, _, handle, params, truth, epoch = heapq.heappop(events)
+        if clock > budget:
+            break
+        value = run.observe(clock, float(truth[epoch - 1]))
+        if policy.report(handle, epoch, value) and epoch < EPOCHS:
+            heapq.heappush(events, (clock + epoch_cost(params), order, handle, params, truth, epoch + 1))
+        else:
+            handle, params = policy.start()
+            run.trials += 1
+            heapq.heappush(events, (clock + epoch_cost(params), order, handle, params, curve(shape, params), 1))
+        order += 1
+    return run
+
+
+def run_batches(shape: str, seed: int, workers: int, budget: float) -> Run:
+    """hydra-optuna-sweeper: ask a batch of n_jobs trials, run each to its end, tell them all, ask the next batch."""
+    import optuna
+
+    run = Run(shape, seed)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
+    clock = 0.0
+    while clock < budget:
+        batch = [study.ask(distributions()) for _ in range(workers)]
+        ends = []
+        for trial in batch:
+            truth, cost, t, best = curve(shape, trial.params), epoch_cost(trial.params), clock, -math.inf
+            for epoch in range(1, EPOCHS + 1):
+                t += cost
+                if t > budget:
+                    break
+                best = max(best, _observe_sorted(run, t, float(truth[epoch - 1])))
+            ends.append((t, trial, best))
+            run.trials += 1
+        for _, trial, best in ends:
+            if best > -math.inf:
+                study.tell(trial, best)
+        clock = max(t for t, _, _ in ends)
+    run.trace.sort()
+    return _rebuild(run)
+
+
+def _observe_sorted(run: Run, t: float, truth: float) -> float:
+    """In the batch loop, trials are simulated one after another; observations are re-ordered by time at the end."""
+    value = truth + run.rng.normal(0, 0.01)
+    run.epochs += 1
+    run.trace.append((t, truth, value))
+    return value
+
+
+def _rebuild(run: Run) -> Run:
+    events, run.trace, run.best_seen = sorted(run.trace), [], -math.inf
+    for t, truth, value in events:
+        if value > run.best_seen:
+            run.best_seen, run.best_true = value, truth
+            run.trace.append((t, truth))
+    return run
+
+
+class OptunaPolicy:
+    """Ours: one in-memory study, a trial asked the moment a worker frees, pruned through Optuna's pruner."""
+
+    def __init__(self, seed: int, sampler: str, pruner: str, tell_last: bool = False):
+        import optuna
+
+        from sweep.sweeper.sampler import BudgetSampler
+
+        samplers = {
+            # constant_liar spelled out: Optuna 5 turned it on by default, sweep's TPE config still turns it off
+            "tpe": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=False),
+            "tpe-liar": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
+            "budget": lambda: BudgetSampler(seed=seed),
+        }
+        pruners = {
+            "none": optuna.pruners.NopPruner,
+            "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+            "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=4),
+            "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS,
+                                                                reduction_factor=3),
+        }
+        self.study = optuna.create_study(direction="maximize", sampler=samplers[sampler](), pruner=pruners[pruner]())
+        self.tell_last = tell_last
+        self.best: dict[int, float] = {}
+
+    def start(self):
+        trial = self.study.ask(distributions())
+        self.best[trial.number] = -math.inf
+        return trial, trial.params
+
+    def report(self, trial, epoch: int, value: float) -> bool:
+        import optuna
+
+        self.best[trial.number] = max(self.best[trial.number], value)
+        if epoch == EPOCHS:
+            self.study.tell(trial, self.best[trial.number])
+            return False
+        trial.report(value, epoch)
+        if trial.should_prune():
+            if self.tell_last:
+                self.study.tell(trial, value)
+            else:
+                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return False
+        return True
+
+
+class RayPolicy:
+    """Ray Tune's ASHAScheduler and OptunaSearch, driven as Tune's controller drives them."""
+
+    def __init__(self, seed: int):
+        import optuna
+        from ray.tune.schedulers import ASHAScheduler
+        from ray.tune.search.optuna import OptunaSearch
+
+        np.random.seed(seed)  # ASHA draws a bracket from NumPy's global generator
+        self.scheduler = ASHAScheduler(time_attr="training_iteration", metric="acc", mode="max", max_t=EPOCHS,
+                                       grace_period=1, reduction_factor=4)
+        self.searcher = OptunaSearch(space=distributions(), metric="acc", mode="max",
+                                     sampler=optuna.samplers.TPESampler(seed=seed))
+        self.count = 0
+
+    def start(self):
+        self.count += 1
+        trial = SimpleNamespace(trial_id=f"t{self.count}")
+        config = self.searcher.suggest(trial.trial_id)
+        self.scheduler.on_trial_add(None, trial)
+        return trial, config
+
+    def report(self, trial, epoch: int, value: float) -> bool:
+        from ray.tune.schedulers import TrialScheduler
+
+        result = {"acc": value, "training_iteration": epoch}
+        self.searcher.on_trial_result(trial.trial_id, result)
+        if epoch == EPOCHS:
+            self.scheduler.on_trial_complete(None, trial, result)
+            self.searcher.on_trial_complete(trial.trial_id, result)
+            return False
+        if self.scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+            self.scheduler.on_trial_remove(None, trial)
+            self.searcher.on_trial_complete(trial.trial_id, result)
+            return False
+        return True
+
+
+CONTENDERS = {
+    "upstream (TPE, no pruning, batches)": None,
+    "ray (ASHA + OptunaSearch)": None,
+    "ours: tpe + median (today's default)": ("tpe", "median", False),
+    "ours: tpe-liar + none": ("tpe-liar", "none", False),
+    "ours: tpe-liar + median": ("tpe-liar", "median", False),
+    "ours: tpe + halving": ("tpe", "halving", False),
+    "ours: tpe-liar + halving": ("tpe-liar", "halving", False),
+    "ours: tpe-liar + halving, last value": ("tpe-liar", "halving", True),
+    "ours: budget + median": ("budget", "median", False),
+    "ours: budget + halving": ("budget", "halving", False),
+    "ours: budget + hyperband": ("budget", "hyperband", False),
+}
+
+
+def simulate(job: tuple[str, str, int, int, float]) -> tuple[str, str, int, int, list, int, int, float]:
+    name, shape, seed, workers, budget = job
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    warnings.filterwarnings("ignore")
+    started = time.perf_counter()
+    if name.startswith("upstream"):
+        run = run_batches(shape, seed, workers, budget)
+    elif name.startswith("ray"):
+        run = run_async(RayPolicy(seed), shape, seed, workers, budget)
+    else:
+        sampler, pruner, last = CONTENDERS[name]
+        run = run_async(OptunaPolicy(seed, sampler, pruner, last), shape, seed, workers, budget)
+    return name, shape, seed, workers, run.trace, run.trials, run.epochs, time.perf_counter() - started
+
+
+def best_at(trace: list, t: float) -> float:
+    best = 0.0
+    for when, truth in trace:
+        if when > t:
+            break
+        best = truth
+    return best
+
+
+def reach(trace: list, target: float) -> float:
+    for when, truth in trace:
+        if truth >= target:
+            return when
+    return math.inf
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=10)
+    parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
+    parser.add_argument("--shapes", nargs="+", default=["power", "late", "overfit"])
+    parser.add_argument("--budget", type=float, default=6000.0,
+                        help="virtual worker-seconds for each contender: 3000 s on 2 workers, 750 s on 8")
+    parser.add_argument("--only", nargs="*", help="contenders whose name contains one of these")
+    parser.add_argument("--processes", type=int, default=os.cpu_count())
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
+    args = parser.parse_args()
+
+    from common import header
+
+    import optuna
+    import ray
+
+    header("search quality on synthetic learning curves, virtual time")
+    print(f"optuna {optuna.__version__}, ray {ray.__version__}")
+    names = [n for n in CONTENDERS if not args.only or n.startswith(("upstream", "ray"))
+             or any(o in n for o in args.only)]
+    jobs = [(n, s, seed, w, args.budget / w) for w in args.workers for s in args.shapes for seed in range(args.seeds)
+            for n in names]
+    print(f"{len(jobs)} simulations: {len(names)} contenders x {len(args.shapes)} shapes x {args.seeds} seeds x "
+          f"workers {args.workers}; budget {args.budget:g} virtual worker-seconds, {EPOCHS} epochs a trial\n", flush=True)
+    results, done = {}, 0
+    with Pool(args.processes) as pool:
+        for name, shape, seed, workers, trace, trials, epochs, took in pool.imap_unordered(simulate, jobs):
+            results[name, shape, seed, workers] = (trace, trials, epochs, took)
+            done += 1
+            if done % max(1, len(jobs) // 20) == 0:
+                print(f"  {done}/{len(jobs)} done", file=sys.stderr, flush=True)
+
+    rows = []
+    for workers in args.workers:
+        for shape in args.shapes:
+            budget = args.budget / workers
+            print(f"## {shape} curves, {workers} workers, budget {budget:g} s")
+            print(f"{'contender':40} {'final best (min..max)':>26} {'to upstream':>12} {'to ray':>8} "
+                  f"{'trials':>7} {'epochs':>7}")
+            for name in names:
+                finals, to_up, to_ray, trials, epochs = [], [], [], [], []
+                for seed in range(args.seeds):
+                    trace, n, e, _ = results[name, shape, seed, workers]
+                    finals.append(best_at(trace, budget))
+                    up = best_at(results[names[0], shape, seed, workers][0], budget)
+                    ray = best_at(results[names[1], shape, seed, workers][0], budget)
+                    to_up.append(reach(trace, up) / budget)
+                    to_ray.append(reach(trace, ray) / budget)
+                    trials.append(n)
+                    epochs.append(e)
+                med = statistics.median(finals)
+                cell = f"{med:.4f} ({min(finals):.3f}..{max(finals):.3f})"
+                fu, fr = statistics.median(to_up), statistics.median(to_ray)
+                print(f"{name:40} {cell:>26} {fu:>12.2f} {fr:>8.2f} {statistics.median(trials):>7g} "
+                      f"{statistics.median(epochs):>7g}")
+                rows.append([shape, str(workers), name, cell, f"{fu:.2f}", f"{fr:.2f}"])
+            print()
+    if args.save:
+        import pages
+
+        print(pages.save("curves", ["curves", "workers", "contender", "final best, median (range)",
+                                    "time to upstream's final best", "time to Ray's final best"], rows,
+                         f"medians over {args.seeds} seeds; times are fractions of the budget"))
+
+
+if __name__ == "__main__":
+    main()

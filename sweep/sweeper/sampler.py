@@ -1,0 +1,90 @@
+"""A sampler that learns from every epoch: TPE fitted on the trials' values at one budget, pruned trials included.
+
+Optuna's TPE ranks a pruned trial below every completed one, whatever it reached before it was stopped
+(optuna#4211); with halving, most trials are pruned, and the model learns only from the few survivors. BOHB's
+answer (Falkner et al., 2018): fit the model at the largest budget (step) that enough trials reached, on each
+trial's best value up to that budget, so a trial stopped there counts as much as one that went on. Early on that
+budget is a low rung; it rises as trials get further.
+
+Built on Optuna's public API: the wrapped sampler sees an in-memory study of those values instead of the sweep's.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import optuna
+from optuna.samplers import BaseSampler, TPESampler
+from optuna.trial import FrozenTrial, TrialState
+
+
+class BudgetSampler(BaseSampler):
+    """`sampler` (default: TPE with `constant_liar`) fitted at the largest step at least `min_trials` trials reported.
+
+    Without intermediate values (an app that never reports) it is the wrapped sampler on the study itself."""
+
+    def __init__(self, sampler: BaseSampler | None = None, *, min_trials: int = 10, seed: int | None = None,
+                 n_startup_trials: int = 10, constant_liar: bool = True) -> None:
+        self._base = sampler or TPESampler(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+        if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
+            raise ValueError(f"min_trials={min_trials!r}: expected an integer >= 1")
+        self._min_trials = min_trials
+        self._views: dict[int, tuple[optuna.Study, FrozenTrial]] = {}
+
+    def reseed_rng(self) -> None:
+        self._base.reseed_rng()
+
+    def budget(self, trials: list[FrozenTrial]) -> int | None:
+        """The step the model is fitted at: the largest one at least min_trials finished trials reported."""
+        reached = Counter(max(t.intermediate_values) for t in trials if t.intermediate_values)
+        count = 0
+        for step in sorted(reached, reverse=True):
+            count += reached[step]  # a trial that reached a step has a value up to every earlier one
+            if count >= self._min_trials:
+                return step
+        return None
+
+    def _view(self, study: optuna.Study, trial: FrozenTrial) -> tuple[optuna.Study, FrozenTrial]:
+        """The study the wrapped sampler sees, and the trial being sampled as a trial of that study (samplers write
+        notes on it, and constant_liar leaves it out by its number)."""
+        if trial.number in self._views:
+            return self._views[trial.number]
+        trials = study.get_trials(deepcopy=False)
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        step = self.budget(finished)
+        if step is None or len(study.directions) > 1:
+            self._views = {trial.number: (study, trial)}
+            return study, trial
+        best = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        view = optuna.create_study(direction=study.direction, storage=optuna.storages.InMemoryStorage())
+        for t in finished:
+            values = [v for s, v in t.intermediate_values.items() if s <= step and math.isfinite(v)]
+            if max(t.intermediate_values, default=-1) >= step and values:
+                view.add_trial(optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, value=best(values)))
+        for t in trials:  # the running ones, for constant_liar
+            if t.state == TrialState.RUNNING and t.number != trial.number and t.params:
+                view.add_trial(optuna.trial.create_trial(
+                    params=t.params, distributions=t.distributions, state=TrialState.RUNNING))
+        view.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # stands for the trial being sampled
+        self._views = {trial.number: (view, view.get_trials(deepcopy=False)[-1])}
+        return self._views[trial.number]
+
+    def infer_relative_search_space(self, study, trial):
+        # The space is the sweep's own: a view is rebuilt for every trial, and samplers cache the space per study.
+        return self._base.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return self._base.sample_relative(*self._view(study, trial), search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        return self._base.sample_independent(*self._view(study, trial), param_name, param_distribution)
+
+    def before_trial(self, study, trial) -> None:
+        self._base.before_trial(study, trial)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._views.pop(trial.number, None)
+        self._base.after_trial(study, trial, state, values)

@@ -1,0 +1,82 @@
+"""The budget sampler: TPE fitted on every trial's value at the largest epoch enough trials reached, pruned ones too."""
+
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from helpers import assert_one_line_error, run_app, trials
+from sweep.sweeper.sampler import BudgetSampler
+
+SPACE = {"x": FloatDistribution(0.0, 1.0)}
+
+
+class Seen(optuna.samplers.RandomSampler):
+    """A sampler that keeps the trials of the study it was asked with."""
+
+    def __init__(self):
+        super().__init__(seed=0)
+        self.seen = []
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        self.seen = [(t.state, t.params.get("x"), t.value) for t in study.get_trials(deepcopy=False)
+                     if t.number != trial.number]
+        return super().sample_independent(study, trial, param_name, param_distribution)
+
+
+def _trial(x: float, curve: list[float], state=TrialState.COMPLETE):
+    return create_trial(params={"x": x}, distributions=SPACE, state=state,
+                        value=max(curve) if state == TrialState.COMPLETE else None,
+                        intermediate_values=dict(enumerate(curve, start=1)))
+
+
+def test_pruned_trials_count_at_the_largest_epoch_enough_trials_reached():
+    seen = Seen()
+    study = optuna.create_study(direction="maximize", sampler=BudgetSampler(seen, min_trials=4))
+    study.add_trial(_trial(0.1, [0.2, 0.3, 0.4, 0.5]))                  # finished: 4 epochs
+    study.add_trial(_trial(0.2, [0.25, 0.35, 0.45, 0.46]))
+    study.add_trial(_trial(0.3, [0.6, 0.7], TrialState.PRUNED))         # a fast start, stopped at epoch 2
+    study.add_trial(_trial(0.4, [0.1, 0.15, 0.05], TrialState.PRUNED))  # reached epoch 3; its best by then counts
+    study.add_trial(_trial(0.5, [0.05], TrialState.PRUNED))             # stopped before the budget: left out
+    study.add_trial(create_trial(params={"x": 0.6}, distributions=SPACE, state=TrialState.RUNNING))
+    study.ask(SPACE)
+    # Only 2 trials reached epoch 4 and 3 reached epoch 3, so the model is fitted at epoch 2, where 4 are.
+    assert BudgetSampler(min_trials=4).budget(study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))) == 2
+    assert sorted(seen.seen, key=lambda s: s[1]) == [
+        (TrialState.COMPLETE, 0.1, 0.3), (TrialState.COMPLETE, 0.2, 0.35), (TrialState.COMPLETE, 0.3, 0.7),
+        (TrialState.COMPLETE, 0.4, 0.15), (TrialState.RUNNING, 0.6, None)]  # the running one, for constant_liar
+
+
+def test_the_budget_rises_as_trials_get_further_and_minimizing_keeps_the_lowest_value():
+    seen = Seen()
+    study = optuna.create_study(direction="minimize", sampler=BudgetSampler(seen, min_trials=2))
+    study.add_trial(_trial(0.1, [0.9, 0.5, 0.7], TrialState.PRUNED))
+    study.add_trial(_trial(0.2, [0.8, 0.6, 0.4, 0.3], TrialState.PRUNED))
+    study.add_trial(_trial(0.3, [0.4], TrialState.PRUNED))
+    study.ask(SPACE)
+    assert sorted(seen.seen, key=lambda s: s[1]) == [(TrialState.COMPLETE, 0.1, 0.5), (TrialState.COMPLETE, 0.2, 0.4)]
+
+
+def test_without_reported_epochs_the_wrapped_sampler_sees_the_study_itself():
+    seen = Seen()
+    study = optuna.create_study(sampler=BudgetSampler(seen, min_trials=1))
+    study.add_trial(create_trial(params={"x": 0.5}, distributions=SPACE, value=1.0))
+    study.add_trial(create_trial(params={"x": 0.7}, distributions=SPACE, state=TrialState.PRUNED))
+    study.ask(SPACE)
+    assert seen.seen == [(TrialState.COMPLETE, 0.5, 1.0), (TrialState.PRUNED, 0.7, None)]
+
+
+def test_a_sweep_with_the_budget_sampler_and_halving_learns_from_its_pruned_trials(tmp_path):
+    result = run_app("--multirun", "hydra/sweeper/sampler=budget", "hydra.sweeper.sampler.min_trials=3",
+                     "hydra.sweeper.sampler.n_startup_trials=3", "hydra/sweeper/pruner=halving", "epochs=8",
+                     "hydra.sweeper.n_trials=12", "hydra.sweeper.n_jobs=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = trials(tmp_path / "multirun" / "studies" / "curve.db", "curve")
+    assert len(found) == 12 and {t.state for t in found} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    assert len({t.params["lr"] for t in found}) == 12
+
+
+def test_a_bad_min_trials_is_one_line_naming_the_sampler(tmp_path):
+    result = run_app("--multirun", "hydra/sweeper/sampler=budget", "hydra.sweeper.sampler.min_trials=0", cwd=tmp_path)
+    assert_one_line_error(result, "hydra/sweeper/sampler", "min_trials=0", "integer >= 1")
