@@ -98,13 +98,12 @@ class TPESamplerConf:
 
 
 @dataclass
-class BudgetSamplerConf:
-    """sweep's own: TPE fitted on every trial's value at the largest epoch enough trials reached, pruned ones too."""
+class BudgetSamplerConf(TPESamplerConf):
+    """sweep's own: TPE (every field above) fitted on each trial's value at the largest epoch enough trials reached,
+    pruned trials included, and aware of the running ones."""
 
     _target_: str = "sweep.sweeper.sampler.BudgetSampler"
-    seed: Optional[int] = None
     min_trials: int = 10  # trials that must have reached an epoch before the model is fitted at it
-    n_startup_trials: int = 10  # random trials first
     constant_liar: bool = True  # running trials count as bad ones, so parallel workers spread out
 
 

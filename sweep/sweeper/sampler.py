@@ -12,6 +12,7 @@ Built on Optuna's public API: the wrapped sampler sees an in-memory study of tho
 from __future__ import annotations
 
 import math
+import warnings
 from collections import Counter
 from typing import Any
 
@@ -25,9 +26,12 @@ class BudgetSampler(BaseSampler):
 
     Without intermediate values (an app that never reports) it is the wrapped sampler on the study itself."""
 
-    def __init__(self, sampler: BaseSampler | None = None, *, min_trials: int = 10, seed: int | None = None,
-                 n_startup_trials: int = 10, constant_liar: bool = True) -> None:
-        self._base = sampler or TPESampler(seed=seed, n_startup_trials=n_startup_trials, constant_liar=constant_liar)
+    def __init__(self, sampler: BaseSampler | None = None, *, min_trials: int = 10, constant_liar: bool = True,
+                 **tpe: Any) -> None:
+        """`tpe`: TPESampler's own arguments (seed, n_startup_trials, ...), for the TPE made when `sampler` is None."""
+        with warnings.catch_warnings():  # Optuna 4 calls constant_liar experimental; the choice is ours, not the user's
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            self._base = sampler or TPESampler(constant_liar=constant_liar, **tpe)
         if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
             raise ValueError(f"min_trials={min_trials!r}: expected an integer >= 1")
         self._min_trials = min_trials
@@ -58,7 +62,7 @@ class BudgetSampler(BaseSampler):
             self._views = {trial.number: (study, trial)}
             return study, trial
         best = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-        view = optuna.create_study(direction=study.direction, storage=optuna.storages.InMemoryStorage())
+        view = _quiet_study(study.direction)
         for t in finished:
             values = [v for s, v in t.intermediate_values.items() if s <= step and math.isfinite(v)]
             if max(t.intermediate_values, default=-1) >= step and values:
@@ -88,3 +92,13 @@ class BudgetSampler(BaseSampler):
     def after_trial(self, study, trial, state, values) -> None:
         self._views.pop(trial.number, None)
         self._base.after_trial(study, trial, state, values)
+
+
+def _quiet_study(direction) -> optuna.Study:
+    """An in-memory study, without the line Optuna logs for each one made: a view is made per trial."""
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.create_study(direction=direction, storage=optuna.storages.InMemoryStorage())
+    finally:
+        optuna.logging.set_verbosity(level)

@@ -75,6 +75,7 @@ def test_a_sweep_with_the_budget_sampler_and_halving_learns_from_its_pruned_tria
     found = trials(tmp_path / "multirun" / "studies" / "curve.db", "curve")
     assert len(found) == 12 and {t.state for t in found} <= {TrialState.COMPLETE, TrialState.PRUNED}
     assert len({t.params["lr"] for t in found}) == 12
+    assert "created in memory" not in result.stdout + result.stderr  # the sampler's views are made quietly
 
 
 def test_a_bad_min_trials_is_one_line_naming_the_sampler(tmp_path):
