@@ -316,6 +316,32 @@ def reach(trace: list, target: float) -> float:
     return math.inf
 
 
+def plot(results: dict, names: list[str], shapes: list[str], workers: list[int], budget: float, seeds: int,
+         path: Path) -> None:
+    """Median best-so-far against time, with the seeds' interquartile band, per shape and worker count."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5 * len(shapes), 3.8 * len(workers)), layout="constrained")
+    axes = fig.subplots(len(workers), len(shapes), squeeze=False)
+    for row, w in enumerate(workers):
+        grid = np.linspace(0, budget / w, 200)
+        for col, shape in enumerate(shapes):
+            ax = axes[row][col]
+            for name in names:
+                curves_ = np.array([[best_at(results[name, shape, seed, w][0], t) for t in grid]
+                                    for seed in range(seeds)])
+                lo, mid, hi = np.percentile(curves_, [25, 50, 75], axis=0)
+                line, = ax.plot(grid, mid, label=name, lw=2 if "ours" in name and "default" not in name else 1.2)
+                ax.fill_between(grid, lo, hi, color=line.get_color(), alpha=0.12)
+            ax.set(title=f"{shape} curves, {w} workers", xlabel="virtual seconds", ylabel="true accuracy of the best",
+                   ylim=(0.4, None))
+            ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80)
+    print(f"wrote {path}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
@@ -325,29 +351,58 @@ def main() -> None:
                         help="virtual worker-seconds for each contender: 3000 s on 2 workers, 750 s on 8")
     parser.add_argument("--only", nargs="*", help="contenders whose name contains one of these")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
+    parser.add_argument("--out", type=Path, help="keep every run's best-so-far trace here (JSON)")
+    parser.add_argument("--replot", type=Path, help="the table and plot from traces kept with --out; runs nothing")
+    parser.add_argument("--plot", type=Path, help="draw median best-so-far against time into this PNG")
+    parser.add_argument("--plot-only", nargs="*", help="contenders the plot shows (name fragments)")
     parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
 
+    import json
+
     from common import header
 
-    import optuna
-    import ray
+    if args.replot:
+        saved = json.loads(args.replot.read_text())
+        print(saved["header"])
+        for key in ("seeds", "workers", "shapes", "budget"):
+            setattr(args, key, saved[key])
+        names = saved["names"]
+        results = {(r["name"], r["shape"], r["seed"], r["workers"]): (r["trace"], r["trials"], r["epochs"], 0)
+                   for r in saved["runs"]}
+    else:
+        import contextlib
+        import io
 
-    header("search quality on synthetic learning curves, virtual time")
-    print(f"optuna {optuna.__version__}, ray {ray.__version__}")
-    names = [n for n in CONTENDERS if not args.only or n.startswith(("upstream", "ray"))
-             or any(o in n for o in args.only)]
-    jobs = [(n, s, seed, w, args.budget / w) for w in args.workers for s in args.shapes for seed in range(args.seeds)
-            for n in names]
-    print(f"{len(jobs)} simulations: {len(names)} contenders x {len(args.shapes)} shapes x {args.seeds} seeds x "
-          f"workers {args.workers}; budget {args.budget:g} virtual worker-seconds, {EPOCHS} epochs a trial\n", flush=True)
-    results, done = {}, 0
-    with Pool(args.processes) as pool:
-        for name, shape, seed, workers, trace, trials, epochs, took in pool.imap_unordered(simulate, jobs):
-            results[name, shape, seed, workers] = (trace, trials, epochs, took)
-            done += 1
-            if done % max(1, len(jobs) // 20) == 0:
-                print(f"  {done}/{len(jobs)} done", file=sys.stderr, flush=True)
+        import optuna
+        import ray
+
+        text = io.StringIO()
+        with contextlib.redirect_stdout(text):
+            header("search quality on synthetic learning curves, virtual time")
+            print(f"optuna {optuna.__version__}, ray {ray.__version__}")
+        print(text.getvalue())
+        names = [n for n in CONTENDERS if not args.only or n.startswith(("upstream", "ray"))
+                 or any(o in n for o in args.only)]
+        jobs = [(n, s, seed, w, args.budget / w) for w in args.workers for s in args.shapes
+                for seed in range(args.seeds) for n in names]
+        print(f"{len(jobs)} simulations: {len(names)} contenders x {len(args.shapes)} shapes x {args.seeds} seeds x "
+              f"workers {args.workers}; budget {args.budget:g} virtual worker-seconds, {EPOCHS} epochs a trial\n",
+              flush=True)
+        results, done = {}, 0
+        with Pool(args.processes) as pool:
+            for name, shape, seed, workers, trace, trials, epochs, took in pool.imap_unordered(simulate, jobs):
+                results[name, shape, seed, workers] = (trace, trials, epochs, took)
+                done += 1
+                if done % max(1, len(jobs) // 20) == 0:
+                    print(f"  {done}/{len(jobs)} done", file=sys.stderr, flush=True)
+        if args.out:
+            runs = [{"name": k[0], "shape": k[1], "seed": k[2], "workers": k[3], "trace": v[0], "trials": v[1],
+                     "epochs": v[2]} for k, v in results.items()]
+            args.out.write_text(json.dumps({"header": text.getvalue(), "seeds": args.seeds, "workers": args.workers,
+                                            "shapes": args.shapes, "budget": args.budget, "names": names,
+                                            "runs": runs}))
+            print(f"wrote {args.out}")
 
     rows = []
     for workers in args.workers:
@@ -383,6 +438,9 @@ def main() -> None:
                                     "time to upstream's final best", "time to Ray's final best",
                                     "seeds ending above both"], rows,
                          f"medians over {args.seeds} seeds; times are fractions of the budget"))
+    if args.plot:
+        shown = [n for n in names if not args.plot_only or any(o in n for o in args.plot_only)]
+        plot(results, shown, args.shapes, args.workers, args.budget, args.seeds, args.plot)
 
 
 if __name__ == "__main__":
