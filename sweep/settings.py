@@ -261,7 +261,8 @@ def register() -> None:
     store = ConfigStore.instance()
     entries = [("hydra/sweeper", "sweep", SweeperConf)]
     entries += [("hydra/sweeper/sampler", name, node) for name, node in [
-        ("tpe", TPESamplerConf), ("budget", BudgetSamplerConf), ("random", RandomSamplerConf), ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
+        ("tpe", TPESamplerConf), ("budget", BudgetSamplerConf), ("random", RandomSamplerConf),
+        ("grid", GridSamplerConf), ("cmaes", CmaEsSamplerConf),
         ("nsgaii", NSGAIISamplerConf), ("nsgaiii", NSGAIIISamplerConf), ("gp", GPSamplerConf), ("qmc", QMCSamplerConf)]]
     entries += [("hydra/launcher", name, node) for name, node in [
         ("pool", PoolLauncherConf), ("ray_pool", RayPoolLauncherConf), ("slurm_pool", SlurmPoolLauncherConf)]]

@@ -61,6 +61,7 @@ class Scheduler:
     callbacks: list = field(default_factory=list)  # (name, callback(study, frozen_trial)), after each trial ends
     stop: Any = None  # a StopRule: the whole sweep ends once it says so
     stopped: str | None = None  # why it did
+    after_first: Callable[[], None] | None = None  # called once, when the first trial ends (the report's imports)
 
     def run(self) -> None:
         limits = self.limits
@@ -90,6 +91,9 @@ class Scheduler:
                 trial = self.inflight.pop(future)
                 self._finish(trial, future)
                 self._ended(trial.number)
+                if self.after_first is not None:
+                    self.after_first, first = None, self.after_first
+                    first()
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
 
