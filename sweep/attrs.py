@@ -18,3 +18,6 @@ SWEEP_ATTRS = (FAIL_REASON, STOP_REASON, RUN_DIR, NODE, GPUS, STARTUP_SECONDS, R
 DEADLINE = "sweep:deadline"  # unix time at which hydra.sweeper.time_budget runs out
 HEARTBEAT = "sweep:heartbeat"  # unix time the sweep last vouched for the running trial
 FAILED_TRIAL, RETRY_HISTORY = "failed_trial", "retry_history"  # a retry's origin: Optuna's own keys for retries
+PAUSED = "sweep:paused"  # the step a RUNNING trial paused at under asha, waiting to be promoted (None once promoted)
+PROMOTED = "sweep:promoted"  # the last step a paused trial was promoted past: its next run resumes from there
+RESUMABLE = "sweep:resumable"  # its task asked sweep.trial().checkpoint_dir, so it keeps state and can pause

@@ -282,7 +282,7 @@ def register() -> None:
 
 SAMPLER_TARGETS = ("optuna.samplers.", "sweep.sweeper.sampler.",
                    "hydra_plugins.hydra_optuna_sweeper.")  # the latter: its configs, if they won
-PRUNER_TARGETS = ("optuna.pruners.",)
+PRUNER_TARGETS = ("optuna.pruners.", "sweep.sweeper.asha.")
 
 
 def build(node: Any, allowed: tuple[str, ...], setting: str, **extra: Any) -> Any:

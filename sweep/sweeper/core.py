@@ -219,10 +219,11 @@ class SweepImpl:
                 "running are marked FAIL after hydra.sweeper.grace_period seconds")
         if interrupted:
             scheduler.record_running()
-            handle.fail_running(scheduler.asked, "sweep interrupted")
+            handle.fail_running([n for n in scheduler.asked if n not in scheduler.paused], "sweep interrupted")
+            handle.release(scheduler.paused)  # a paused trial is not lost: the next sweep resumes it
         max_resource = self.pruner_cfg.get("max_resource") if isinstance(self.pruner_cfg, DictConfig) else None
         try:
-            finish(handle.study, self.directions, scheduler.asked, sweep_dir, interrupted=interrupted,
+            finish(handle.study, self.directions, scheduler.asked + scheduler.adopted, sweep_dir, interrupted=interrupted,
                    failures=scheduler.failures, max_failure_rate=self.max_failure_rate, n_trials=n_trials,
                    time_budget=self.time_budget, max_resource=max_resource, report=self.write_report, started=started,
                    stopped=scheduler.stopped)

@@ -62,6 +62,9 @@ class Scheduler:
     stop: Any = None  # a StopRule: the whole sweep ends once it says so
     stopped: str | None = None  # why it did
     after_first: Callable[[], None] | None = None  # called once, when the first trial ends (the report's imports)
+    paused: dict[int, tuple[Any, int]] = field(default_factory=dict)  # asha: number -> (trial, step it paused at)
+    adopted: list[int] = field(default_factory=list)  # paused trials an earlier sweep left, taken over by this one
+    _warned_pause: bool = False
 
     def run(self) -> None:
         limits = self.limits
@@ -71,17 +74,22 @@ class Scheduler:
         deadline = time.time() + limits.time_budget if limits.time_budget else None
         self.progress.deadline = stop_asking_at if stop_asking_at < math.inf else None
         self._asked_at: dict[int, float] = {}
-        self.handle.start_heartbeats(lambda: [t.number for t in list(self.inflight.values())])
+        self.handle.start_heartbeats(lambda: [t.number for t in list(self.inflight.values())] + list(self.paused))
         next_stale_check = started + self.handle.heartbeat_interval
-        while len(self.asked) < self._target or self.inflight:
+        self._adopt()
+        while True:
             problem = self.watch.check()
             if problem:
                 raise LostStorage(problem)
             if time.monotonic() > next_stale_check:  # another sweep on this study may have died
                 self._target += len(self.handle.fail_stale())  # retries of another sweep's lost trials
+                self._adopt()
                 next_stale_check = time.monotonic() + self.handle.heartbeat_interval
-            while (self._accepting(stop_asking_at) and len(self.asked) < self._target
-                   and len(self.inflight) < limits.n_jobs):
+            while len(self.inflight) < limits.n_jobs:  # a free worker: promote a paused trial, or start a new one
+                if self.paused and self._accepting(stop_asking_at, new=False) and self._promote():
+                    continue
+                if not (self._accepting(stop_asking_at) and len(self.asked) < self._target):
+                    break
                 self._start_one(deadline)
             self.runner.flush()
             if not self.inflight:
@@ -96,6 +104,43 @@ class Scheduler:
                     first()
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
+        self._end_paused()
+
+    def _adopt(self) -> None:
+        """Paused trials whose sweep ended (interrupted, killed): this sweep may promote them."""
+        for number, step in sorted(self.handle.adopted.items()):
+            trial = optuna.trial.Trial(self.handle.study, self.handle.trial_id(number))
+            self.paused[number] = (trial, step)
+            self.adopted.append(number)
+            log.info("trial %d: paused at step %d by an earlier sweep; this sweep may promote it", number, step)
+        self.handle.adopted.clear()
+
+    def _promote(self) -> bool:
+        """asha: resume the paused trial its rung now promotes, if any, in the free worker."""
+        pruner = self.handle.study.pruner
+        trials = self.handle.study.get_trials(deepcopy=False)
+        number = pruner.promotable(trials, {n: step for n, (_, step) in self.paused.items()}, self.handle.study.direction)
+        if number is None:
+            return False
+        trial, step = self.paused.pop(number)
+        trial_id = self.handle.trial_id(number)
+        self.handle.backend.set_trial_system_attr(trial_id, attrs.PROMOTED, step)
+        self.handle.backend.set_trial_system_attr(trial_id, attrs.PAUSED, None)
+        self._asked_at[number] = time.time()
+        self.inflight[self.runner.submit(self.make_job(trial), number)] = trial
+        self.progress.resumed(number, step)
+        return True
+
+    def _end_paused(self) -> None:
+        """Trials still paused when the sweep has nothing left to run were not promoted: PRUNED at their rung."""
+        for number, (trial, step) in list(self.paused.items()):
+            trial_id = self.handle.trial_id(number)
+            self.handle.backend.set_trial_system_attr(trial_id, attrs.PAUSED, None)
+            why = f"pruned at step {step} by asha (paused, never promoted)"
+            self.handle.backend.set_trial_user_attr(trial_id, attrs.STOP_REASON, why)
+            if self.handle.tell(trial, state=TrialState.PRUNED):
+                self.progress.ended(number, TrialState.PRUNED, None, why)
+            del self.paused[number]
 
     def _ended(self, number: int) -> None:
         """After a trial ends: the user's callbacks, as Optuna calls them (one that raises is reported once and turned
@@ -129,13 +174,16 @@ class Scheduler:
                 self.failures.append(reason)
                 self.progress.ended(trial.number, TrialState.FAIL, None, reason)
 
-    def _accepting(self, stop_asking_at: float) -> bool:
+    def _accepting(self, stop_asking_at: float, new: bool = True) -> bool:
+        """Whether a worker may take work now: a new trial (new), or a paused one to resume."""
         if self.stopped:
             return False
         if len(self.failures) > self.limits.max_failure_rate * self.limits.n_trials:
             return False
         if time.monotonic() >= stop_asking_at:
             return False
+        if not new:
+            return True
         sampler = self.handle.study.sampler
         return not (isinstance(sampler, GridSampler) and sampler.is_exhausted(self.handle.study))
 
@@ -167,7 +215,18 @@ class Scheduler:
                 return
             error = ValueError(problem)
         if isinstance(error, optuna.TrialPruned):
-            why = self.handle.frozen(trial.number).user_attrs.get(attrs.STOP_REASON)
+            frozen = self.handle.frozen(trial.number)
+            step = frozen.system_attrs.get(attrs.PAUSED)
+            if isinstance(step, int):  # asha paused it: it waits, RUNNING, for its rung to promote it
+                self.paused[trial.number] = (trial, step)
+                self.progress.paused(trial.number, step)
+                return
+            why = frozen.user_attrs.get(attrs.STOP_REASON)
+            if why and "cannot pause" in why and not self._warned_pause:
+                self._warned_pause = True
+                log.warning("hydra/sweeper/pruner=asha cannot pause trial %d: its task never asks "
+                            "sweep.trial().checkpoint_dir, so trials below their rung stop for good, as with halving",
+                            trial.number)
             if why is None:  # raised without asking should_prune()
                 why = f"pruned: {error}" if str(error) else "pruned by the task"
                 trial.set_user_attr(attrs.STOP_REASON, why)

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line
 from sweep.settings import SAMPLER_TARGETS, build
-from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
+from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, PAUSED, RETRY_HISTORY, SWEEP_ATTRS
 
 log = logging.getLogger(__name__)
 # What updating a finished trial raises: Optuna 4.4 named it; before, it was a RuntimeError.
@@ -35,6 +35,7 @@ class StudyHandle:
         self.heartbeat_interval, self.grace_period, self.retries = heartbeat_interval, grace_period, retries
         self._beating = threading.Event()
         self._ids: dict[int, int] = {}  # trial number -> trial id
+        self.adopted: dict[int, int] = {}  # asha: number -> step, trials an ended sweep left paused, now this one's
 
     def open(self, enqueue: list[dict], sampler_cfg: Any = None) -> int:
         """Create or load the study; returns how many trials it already had."""
@@ -174,6 +175,11 @@ class StudyHandle:
                 beat = t.datetime_start.timestamp() if t.datetime_start else now
             if t.number in self._ids or now - beat <= self.grace_period:
                 continue  # ours, or alive
+            if isinstance(t.system_attrs.get(PAUSED), int):  # paused, and its sweep is gone: this sweep may promote it
+                self.trial_id(t.number)
+                self.backend.set_trial_system_attr(t._trial_id, HEARTBEAT, now)
+                self.adopted[t.number] = t.system_attrs[PAUSED]
+                continue
             if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
                 log.warning("Trial %d: its sweep stopped sending heartbeats %.0f s ago; marked FAIL",
                             t.number, now - beat)
@@ -200,6 +206,15 @@ class StudyHandle:
 
     def stop_heartbeats(self) -> None:
         self._beating.set()
+
+    def release(self, numbers: Iterable[int]) -> None:
+        """Paused trials of a sweep that stops early: left RUNNING and paused, with a heartbeat so old that the next
+        sweep on this study adopts them at once."""
+        for number in numbers:
+            try:
+                self.backend.set_trial_system_attr(self.trial_id(number), HEARTBEAT, 0)
+            except (FINISHED, *st.errors()) as e:
+                log.warning("paused trial %d not released: %s", number, first_line(e))
 
     def fail_running(self, numbers: Iterable[int], reason: str) -> None:
         """Never leave the trials of a stopped sweep RUNNING."""

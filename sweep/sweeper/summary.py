@@ -27,6 +27,7 @@ class Progress:
         self.start = time.monotonic()
         self.deadline: float | None = None
         self.running: set[int] = set()
+        self.waiting: set[int] = set()  # paused by asha
         self.counts = {TrialState.COMPLETE: 0, TrialState.PRUNED: 0, TrialState.FAIL: 0}
         self.best: tuple[float, int] | None = None
         if len(directions) == 1:
@@ -41,8 +42,21 @@ class Progress:
     def started(self, number: int) -> None:
         self.running.add(number)
 
+    def paused(self, number: int, step: int) -> None:
+        self.running.discard(number)
+        self.waiting.add(number)
+        log.info("trial %d paused at step %d (asha): it resumes if its rung promotes it | running %d, paused %d",
+                 number, step, len(self.running), len(self.waiting))
+
+    def resumed(self, number: int, step: int) -> None:
+        self.waiting.discard(number)
+        self.running.add(number)
+        log.info("trial %d promoted past step %d (asha): resuming from its checkpoint | running %d, paused %d",
+                 number, step, len(self.running), len(self.waiting))
+
     def ended(self, number: int, state: TrialState, values: list[float] | None, why: str | None = None) -> None:
         self.running.discard(number)
+        self.waiting.discard(number)
         self.counts[state] += 1
         if state == TrialState.COMPLETE and len(self.directions) == 1:
             self._consider(values[0], number)
@@ -52,8 +66,8 @@ class Progress:
         elapsed = time.monotonic() - self.start
         total = max(self.n_trials, done)
         parts = [f"[{done:>{len(str(total))}}/{total}] trial {number} {what}: {result}",
-                 f"running {len(self.running)}, pruned {self.counts[TrialState.PRUNED]}, "
-                 f"failed {self.counts[TrialState.FAIL]}"]
+                 f"running {len(self.running)}, " + (f"paused {len(self.waiting)}, " if self.waiting else "")
+                 + f"pruned {self.counts[TrialState.PRUNED]}, failed {self.counts[TrialState.FAIL]}"]
         if self.best is not None:
             parts.append(f"best {self.best[0]:.6g} (trial {self.best[1]})")
         left = self._eta(done, elapsed)

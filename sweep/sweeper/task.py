@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep.attrs import DEADLINE, FAILED_TRIAL, RUN_DIR, STOP_REASON, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import (DEADLINE, FAILED_TRIAL, PAUSED, PROMOTED, RESUMABLE, RUN_DIR, STOP_REASON, STORAGE_ENV,
+                         STUDY_ENV, TRIAL_ENV)
 from sweep.errors import UserError
 
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
@@ -35,6 +36,9 @@ class LocalTrial:
     params: dict = {}
     study_attrs: dict = {}
     parent_run_id = None
+    checkpoint_dir = None  # a single run keeps its state where it likes
+    resuming = False
+    pausing = False
 
     def __init__(self) -> None:
         self.user_attrs: dict[str, Any] = {}
@@ -85,8 +89,9 @@ class SweepTrial:
     """A running trial of the sweep's study, reached through its storage with Optuna's public storage and pruner
     calls. A resumed run may report its history again: the first report of a step stands."""
 
-    def __init__(self, study, storage, trial_id: int, number: int):
-        self.study, self.number = study, number
+    def __init__(self, study, storage, trial_id: int, number: int, run_dir: str | None = None):
+        self.study, self.number, self._run_dir = study, number, run_dir
+        self.pausing = False  # should_prune() said stop because the trial pauses: save state, then raise TrialPruned
         self._storage, self._id = storage, trial_id
         frozen = storage.get_trial(trial_id)
         self.params, self.distributions = dict(frozen.params), dict(frozen.distributions)
@@ -98,6 +103,23 @@ class SweepTrial:
         self._system_attrs = dict(frozen.system_attrs)
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
             self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
+
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        """Where this trial keeps its state between runs: its run directory. Asking for it tells the sweep that the
+        task saves and restores its state there, so hydra/sweeper/pruner=asha may pause the trial instead of
+        stopping it, and resume it later with `resuming` true."""
+        if self._run_dir is None:
+            return None
+        if not self._system_attrs.get(RESUMABLE):
+            self._storage.set_trial_system_attr(self._id, RESUMABLE, True)
+            self._system_attrs[RESUMABLE] = True
+        return Path(self._run_dir)
+
+    @property
+    def resuming(self) -> bool:
+        """True when this run continues a paused trial that the sweep promoted: load the state in checkpoint_dir."""
+        return self._system_attrs.get(PROMOTED) is not None
 
     @property
     def user_attrs(self) -> dict[str, Any]:
@@ -155,10 +177,19 @@ class SweepTrial:
         if prune and view.read_at < time.monotonic() - 0.1:  # decide to stop on fresh data only
             view.refresh()
             prune = self.study.pruner.prune(study, me)
-        if prune:
-            self.set_user_attr(STOP_REASON, f"pruned at step {max(self._reported)} by {_pruner_name(self.study.pruner)}")
-            return True
-        return False
+        if not prune:
+            return False
+        step, name = max(self._reported), _pruner_name(self.study.pruner)
+        if name == "asha" and self._system_attrs.get(RESUMABLE):
+            self._storage.set_trial_system_attr(self._id, PAUSED, step)
+            self.set_user_attr(STOP_REASON, f"paused at step {step} by asha")
+            self.pausing = True
+        elif name == "asha":
+            self.set_user_attr(STOP_REASON, f"pruned at step {step} by asha (the task keeps no checkpoint, so it "
+                                            "cannot pause: see sweep.trial().checkpoint_dir)")
+        else:
+            self.set_user_attr(STOP_REASON, f"pruned at step {step} by {name}")
+        return True
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._storage.set_trial_user_attr(self._id, key, value)
@@ -236,7 +267,7 @@ def trial():
         study_id = storage.get_study_id_from_name(study.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, int(number))
         storage.set_trial_user_attr(trial_id, RUN_DIR, run_dir)
-        _current[key] = SweepTrial(study, storage, trial_id, int(number))
+        _current[key] = SweepTrial(study, storage, trial_id, int(number), run_dir)
     return _current[key]
 
 
@@ -274,7 +305,8 @@ def unregister(study) -> None:
 
 def _pruner_name(pruner) -> str:
     names = {"MedianPruner": "median", "SuccessiveHalvingPruner": "halving", "HyperbandPruner": "hyperband",
-             "PercentilePruner": "percentile", "ThresholdPruner": "threshold", "PatientPruner": "patient"}
+             "PercentilePruner": "percentile", "ThresholdPruner": "threshold", "PatientPruner": "patient",
+             "PromotingHalving": "asha"}
     return names.get(type(pruner).__name__, type(pruner).__name__)
 
 

@@ -40,6 +40,8 @@ def main(cfg: DictConfig) -> float:
         if os.fork() == 0:
             time.sleep(600)
             os._exit(0)
+    if cfg.resumable:  # asks where to keep its state: hydra/sweeper/pruner=asha may pause it and resume it later
+        assert trial.checkpoint_dir == out
     done = 0
     for folder in (out, sweep.previous_run_dir(trial)):  # resume where this run, or the run it retries, stopped
         if folder is not None and (folder / "last_epoch").is_file():
@@ -58,6 +60,8 @@ def main(cfg: DictConfig) -> float:
         value = score(cfg.lr, cfg.width, epoch)
         (out / "last_epoch.tmp").write_text(str(epoch))  # a kill mid-write must not leave an empty checkpoint
         os.replace(out / "last_epoch.tmp", out / "last_epoch")
+        with open(out / "epochs_run", "a") as f:  # every epoch this trial's runs trained, for the resume tests
+            f.write(f"{epoch}\n")
         trial.report(value, epoch)
         if epoch < cfg.epochs and trial.should_prune():
             raise optuna.TrialPruned()

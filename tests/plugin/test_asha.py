@@ -1,0 +1,105 @@
+"""Asynchronous successive halving with promotion: trials pause at a rung, a later worker resumes the best paused one
+its rung promotes, a task without checkpoints falls back to stopping, and a sweep stopped while trials are paused
+loses none of them."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.study import StudyDirection
+from optuna.trial import TrialState, create_trial
+
+from helpers import assert_one_line_error, run_app, start_app, trials, wait_for
+from sweep.attrs import PAUSED, PROMOTED, RUN_DIR, STOP_REASON
+from sweep.sweeper.asha import PromotingHalving
+
+MAX = StudyDirection.MAXIMIZE
+# Enqueued in this order, one at a time: the best, the second best (paused at step 1 behind the best), then bad
+# ones, whose arrival at step 1 lifts the second best into the rung's top half: it is promoted and resumes.
+GOOD = "{lr:0.1,width:32},{lr:0.1,width:16}"
+BAD = ",".join(f"{{lr:{0.0011 + i / 10000:.4f},width:8}}" for i in range(6))
+ASHA = ["hydra/sweeper/pruner=asha", "hydra.sweeper.pruner.reduction_factor=2", "epochs=4", "resumable=true",
+        "hydra.sweeper.n_jobs=1"]
+
+
+def _db(cwd: Path) -> Path:
+    return cwd / "multirun" / "studies" / "curve.db"
+
+
+def _epochs_run(trial) -> list[int]:
+    return [int(line) for line in (Path(trial.user_attrs[RUN_DIR]) / "epochs_run").read_text().split()]
+
+
+def test_rungs_and_the_rule_that_promotes_a_paused_trial():
+    asha = PromotingHalving(min_resource=2, reduction_factor=3)
+    assert [s for s in range(1, 60) if asha.rung_of(s) is not None] == [2, 6, 18, 54]
+    assert asha.in_top(0.5, [], MAX) and not asha.in_top(0.5, [0.6], MAX)  # alone it passes; behind one it pauses
+    space, study = {"x": FloatDistribution(0, 1)}, optuna.create_study()
+    for i, v in enumerate([0.9, 0.8, 0.1, 0.2, 0.3, 0.05]):
+        study.add_trial(create_trial(params={"x": i / 10}, distributions=space, state=TrialState.PRUNED,
+                                     intermediate_values={2: v}))
+    study = study.trials
+    assert asha.promotable(study[:3], {1: 2}, MAX) is None  # 3 at the rung: its top third is trial 0 alone
+    assert asha.promotable(study, {1: 2, 2: 2}, MAX) == 1  # 6 there: the top third is trials 0 and 1
+
+
+def test_a_paused_trial_is_promoted_when_later_trials_do_worse_and_resumes_where_it_stopped(tmp_path):
+    result = run_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", f"hydra.sweeper.enqueue=[{GOOD},{BAD}]",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = trials(_db(tmp_path), "curve")
+    assert found[0].state == TrialState.COMPLETE and _epochs_run(found[0]) == [1, 2, 3, 4]
+    second = found[1]
+    assert second.system_attrs[PROMOTED] >= 1 and "trial 1 promoted past step 1" in result.stdout
+    assert _epochs_run(second)[:2] == [1, 2]  # resumed after step 1, not from the start
+    assert len(_epochs_run(second)) == len(set(_epochs_run(second)))  # no epoch trained twice
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in found)  # nothing left paused
+    assert all(PAUSED not in t.system_attrs or t.system_attrs[PAUSED] is None for t in found)
+    never = [t for t in found if t.user_attrs.get(STOP_REASON, "").endswith("(paused, never promoted)")]
+    assert never and all(len(_epochs_run(t)) == max(t.intermediate_values) for t in never)
+
+
+def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path):
+    result = run_app("--multirun", *ASHA[:-2], "resumable=false", "hydra.sweeper.n_trials=4",
+                     f"hydra.sweeper.enqueue=[{GOOD},{BAD}]", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    pruned = [t for t in trials(_db(tmp_path), "curve") if t.state == TrialState.PRUNED]
+    assert pruned and all("cannot pause" in t.user_attrs[STOP_REASON] for t in pruned)
+    assert (result.stdout + result.stderr).count("asha cannot pause") == 1  # one warning for the sweep, not one per trial
+
+
+def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_path):
+    sweep = start_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", "epoch_seconds=0.3",
+                      f"hydra.sweeper.enqueue=[{GOOD},{BAD}]", cwd=tmp_path)
+    try:
+        wait_for(lambda: _db(tmp_path).exists() and any(
+            t.system_attrs.get(PAUSED) == 1 for t in trials(_db(tmp_path), "curve")), "a paused trial",
+            process=sweep)
+        sweep.send_signal(signal.SIGINT)
+        sweep.communicate(timeout=120)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+            sweep.communicate()
+    paused = [t for t in trials(_db(tmp_path), "curve") if t.state == TrialState.RUNNING]
+    assert [t.system_attrs[PAUSED] for t in paused] == [1] * len(paused) and paused  # kept, not FAIL
+    more = ",".join(f"{{lr:{0.0021 + i / 10000:.4f},width:8}}" for i in range(6))
+    result = run_app("--multirun", *ASHA, "hydra.sweeper.n_trials=6", f"hydra.sweeper.enqueue=[{more}]",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "paused at step 1 by an earlier sweep" in result.stdout
+    found = {t.number: t for t in trials(_db(tmp_path), "curve")}
+    for before in paused:
+        after = found[before.number]
+        assert after.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert len(_epochs_run(after)) == len(set(_epochs_run(after)))  # nothing run twice
+    assert any(found[t.number].system_attrs.get(PROMOTED, 0) >= 1 for t in paused)  # and one went on from step 1
+
+
+def test_bad_asha_settings_are_one_line_naming_the_pruner(tmp_path):
+    result = run_app("--multirun", "hydra/sweeper/pruner=asha", "hydra.sweeper.pruner.reduction_factor=1",
+                     cwd=tmp_path)
+    assert_one_line_error(result, "hydra/sweeper/pruner", "reduction_factor=1", "integer >= 2")
