@@ -212,7 +212,7 @@ class TensorBoardLogger(Logger):
         from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
 
         # The session's end, as torch's hparams() writes it, but with the trial's own status (TensorFlow-free).
-        status = api_pb2.STATUS_SUCCESS if state in ("completed", "pruned") else api_pb2.STATUS_FAILURE
+        status = api_pb2.STATUS_SUCCESS if state in ("completed", "pruned", "paused") else api_pb2.STATUS_FAILURE
         content = plugin_data_pb2.HParamsPluginData(session_end_info=plugin_data_pb2.SessionEndInfo(status=status),
                                                     version=metadata.PLUGIN_DATA_VERSION)
         plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
@@ -321,7 +321,7 @@ class MLflowLogger(Logger):
     sweep.state=pruned). The tracking URI: this setting, else the sweep's (from its tracker), else
     MLFLOW_TRACKING_URI, as MLflow's users expect."""
 
-    STATUS = {"completed": "FINISHED", "pruned": "KILLED"}
+    STATUS = {"completed": "FINISHED", "pruned": "KILLED", "paused": "KILLED"}
     FLUSH_SECONDS = 5.0
 
     def __init__(self, tracking_uri: str | None = None, experiment_name: str | None = None, artifacts: bool = True):
@@ -398,7 +398,7 @@ class WandbLogger(Logger):
 
     def finish(self, state):
         self.run.summary["state"] = state
-        self.run.finish(exit_code=0 if state in ("completed", "pruned") else 1)
+        self.run.finish(exit_code=0 if state in ("completed", "pruned", "paused") else 1)
 
 
 def _wandb_key() -> bool:

@@ -108,8 +108,9 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
     """Train one model; write metrics.json and history.csv into out_dir, and best.pt when asked.
 
     `trial` (sweep.trial(), or anything with report/should_prune) hears each epoch's validation accuracy;
-    when it says prune, the run stops with status "pruned". After every epoch the run's whole state goes to
-    out_dir/last.pt, and a run that finds one there (or in the run its trial retries) continues from it.
+    when it says prune, the run stops with status "pruned" ("paused" when asha may resume it). Now and then, and
+    on pausing, the run's whole state goes to out_dir/last.pt, and a run that finds one there (or in the run its
+    trial retries) continues from it.
     """
     check_config(cfg)
     trial = trial or sweep.LocalTrial()
@@ -133,6 +134,7 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
         "threads": torch.get_num_threads(), "status": "running",
     }
     history: list[dict] = []
+    getattr(trial, "checkpoint_dir", None)  # tells hydra/sweeper/pruner=asha that last.pt lets this run pause
     resumed = resume(cfg, out_dir, trial, model, optimizer, scheduler, shuffle)
     if resumed:
         history, done = resumed["history"], resumed["metrics"]
@@ -177,7 +179,9 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
             trial.report(val_acc, epoch)
             # A run that already did its last epoch is complete: pruning it would save nothing.
             if epoch < cfg.trainer.epochs and trial.should_prune():
-                metrics["status"] = "pruned"
+                metrics["status"] = "paused" if getattr(trial, "pausing", False) else "pruned"
+                if metrics["status"] == "paused":  # asha may promote it later: it resumes from this very epoch
+                    save_state(out_dir / LAST, cfg, model, optimizer, scheduler, shuffle, metrics, history)
                 break
         if metrics["status"] == "running":
             metrics["status"] = "completed"
@@ -185,7 +189,8 @@ def train(cfg: DictConfig, out_dir: Path, trial=None) -> dict:
         if cfg.trainer.save_checkpoint:
             runs.artifact(out_dir / "best.pt")
     _save(out_dir, metrics, history)
-    (out_dir / LAST).unlink(missing_ok=True)  # finished: nothing left to resume
+    if metrics["status"] != "paused":
+        (out_dir / LAST).unlink(missing_ok=True)  # finished: nothing left to resume
     return metrics
 
 
@@ -312,12 +317,12 @@ def main(cfg: DictConfig) -> float:
         exit_with(problem)
     for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "precision", "status"):
         trial.set_user_attr(key, metrics[key])
-    if metrics["status"] in ("pruned", "diverged"):
+    if metrics["status"] in ("pruned", "paused", "diverged"):
         import optuna
 
         # A diverged trial is pruned, not failed: Optuna's samplers learn from pruned trials (ranking one with no
         # reports last) but skip failed ones, and would keep proposing learning rates that diverge.
-        raise optuna.TrialPruned(f"after epoch {metrics['epochs_run']}" if metrics["status"] == "pruned" else diverged)
+        raise optuna.TrialPruned(diverged if metrics["status"] == "diverged" else f"after epoch {metrics['epochs_run']}")
     log.info("%s %.4f (best epoch %d of %d, %.1fs)", METRIC, metrics[METRIC], metrics["best_epoch"],
              metrics["epochs_run"], metrics["train_seconds"])
     return metrics[METRIC]

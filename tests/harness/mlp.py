@@ -59,10 +59,12 @@ class Recorder:
 
     number = None
 
-    def __init__(self, prune_at: int | None = None, crash_at: int | None = None):
+    def __init__(self, prune_at: int | None = None, crash_at: int | None = None, pause: bool = False):
         self.reports: list[tuple[int, float]] = []
         self.user_attrs: dict = {}
         self.prune_at, self.crash_at = prune_at, crash_at
+        self.pausing = False
+        self._pause = pause  # when it prunes, it pauses (asha), as sweep.trial() does for a task with checkpoints
 
     def report(self, value: float, step: int) -> None:
         self.reports.append((step, value))
@@ -70,7 +72,9 @@ class Recorder:
             raise KeyboardInterrupt("simulated crash after epoch %d" % step)
 
     def should_prune(self) -> bool:
-        return self.prune_at is not None and self.reports[-1][0] >= self.prune_at
+        stop = self.prune_at is not None and self.reports[-1][0] >= self.prune_at
+        self.pausing = stop and self._pause
+        return stop
 
     def set_user_attr(self, key, value) -> None:
         self.user_attrs[key] = value

@@ -93,6 +93,21 @@ def test_a_run_killed_after_epoch_k_resumes_to_the_same_result(make_cfg, tmp_pat
            (tmp_path / "broken" / "history.csv").read_text().splitlines()[-1].split(",")[:6]
 
 
+def test_a_paused_run_keeps_its_state_of_that_epoch_and_a_promoted_one_ends_as_an_unbroken_run(make_cfg, tmp_path):
+    cfg = make_cfg("data=digits", "trainer.epochs=4", "optimizer=adamw", "trainer.device=cpu")
+    whole = train(cfg, tmp_path / "whole")
+    paused = train(cfg, tmp_path / "asha", Recorder(prune_at=2, pause=True))  # asha: below its rung, for now
+    assert paused["status"] == "paused" and paused["epochs_run"] == 2
+    state = torch.load(tmp_path / "asha" / LAST, weights_only=True)  # written at the pause, not 30 s before
+    assert state["metrics"]["epochs_run"] == 2
+    again = Recorder()
+    promoted = train(cfg, tmp_path / "asha", again)  # its rung promoted it: the next run goes on from epoch 2
+    assert [step for step, _ in again.reports] == [1, 2, 3, 4]  # the history heard again, then the new epochs
+    for key in (METRIC, "final_val_accuracy", "best_epoch", "epochs_run", "status"):
+        assert promoted[key] == whole[key], key
+    assert not (tmp_path / "asha" / LAST).exists()
+
+
 def test_a_retried_sweep_trial_resumes_from_the_last_checkpoint_of_the_run_it_retries(make_cfg, tmp_path, caplog):
     # What a sweep does after a worker died: the retry trial names the failed one, whose run folder holds last.pt.
     import optuna
