@@ -32,6 +32,7 @@ from sweep import atomic
 from sweep.sweeper import storage as st
 from sweep.attrs import FAIL_REASON, GPUS, NODE, RUN_DIR, RUN_SECONDS, STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS
 from sweep.errors import UserError, first_line, shorten
+from sweep.sweeper.asha import paused_step
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,10 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     rows = []
     for t in trials:
         attrs = t.user_attrs
-        row = {"trial": t.number, "state": t.state.name,
-               "reason": attrs.get({TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: STOP_REASON}.get(t.state, ""), "")}
+        paused = paused_step(t) is not None  # asha: RUNNING to Optuna, waiting for its rung to promote it
+        row = {"trial": t.number, "state": "PAUSED" if paused else t.state.name,
+               "reason": attrs.get(STOP_REASON, "") if paused else
+               attrs.get({TrialState.FAIL: FAIL_REASON, TrialState.PRUNED: STOP_REASON}.get(t.state, ""), "")}
         if len(objs) > 1:
             row["pareto"] = t.number in front
         row.update({n: t.params.get(n) for n in names})
@@ -167,7 +170,7 @@ def headline(study: optuna.Study, table: pd.DataFrame) -> str:
     trials = study.get_trials(deepcopy=False)
     objs = objectives(study)
     counts = table["state"].value_counts().to_dict()
-    states = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")
+    states = ", ".join(f"{counts[s]} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "PAUSED", "WAITING")
                        if s in counts)
     started = [t.datetime_start for t in trials if t.datetime_start]
     ended = [t.datetime_complete for t in trials if t.datetime_complete]

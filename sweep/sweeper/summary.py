@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from sweep import atomic
+from sweep.sweeper.asha import paused_step
 from sweep.attrs import STOP_REASON
 from sweep.errors import UserError, first_line
 
@@ -131,9 +132,10 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
     trials = study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in mine_numbers]
     count = {s: sum(t.state == s for t in mine) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    paused = sum(paused_step(t) is not None for t in mine)
     summary = (f"Sweep {'interrupted' if interrupted else 'done'}: {len(mine)} trial(s): "
                f"{count[TrialState.COMPLETE]} complete, {count[TrialState.PRUNED]} pruned, "
-               f"{count[TrialState.FAIL]} failed")
+               f"{count[TrialState.FAIL]} failed" + (f", {paused} paused (the next sweep resumes them)" if paused else ""))
     saved = pruning_savings(trials, mine, max_resource)
     if saved is not None and saved[0]:
         summary += f"; pruning saved {saved[0]} of {saved[1]} steps ({100 * saved[0] / max(saved[1], 1):.0f}%)"

@@ -14,6 +14,7 @@ from optuna.trial import TrialState, create_trial
 
 from helpers import assert_one_line_error, run_app, start_app, trials, wait_for
 from sweep.attrs import PAUSED, PROMOTED, RUN_DIR, STOP_REASON
+from sweep.sweeper import report
 from sweep.sweeper.asha import PromotingHalving
 
 MAX = StudyDirection.MAXIMIZE
@@ -79,13 +80,16 @@ def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_pat
             t.system_attrs.get(PAUSED) == 1 for t in trials(_db(tmp_path), "curve")), "a paused trial",
             process=sweep)
         sweep.send_signal(signal.SIGINT)
-        sweep.communicate(timeout=120)
+        out, err = sweep.communicate(timeout=120)
     finally:
         if sweep.poll() is None:
             sweep.kill()
             sweep.communicate()
     paused = [t for t in trials(_db(tmp_path), "curve") if t.state == TrialState.RUNNING]
     assert [t.system_attrs[PAUSED] for t in paused] == [1] * len(paused) and paused  # kept, not FAIL
+    assert f"{len(paused)} paused (the next sweep resumes them)" in out + err
+    table = report.trials_table(optuna.load_study(study_name="curve", storage=f"sqlite:///{_db(tmp_path)}"))
+    assert sorted(table[table["state"] == "PAUSED"]["trial"]) == [t.number for t in paused]
     more = ",".join(f"{{lr:{0.0021 + i / 10000:.4f},width:8}}" for i in range(6))
     result = run_app("--multirun", *ASHA, "hydra.sweeper.n_trials=6", f"hydra.sweeper.enqueue=[{more}]",
                      cwd=tmp_path)
