@@ -191,3 +191,32 @@ def run_block(files: dict[str, str], commands: str, cwd: Path, timeout: int = 30
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"  # `python` is this Python
     return subprocess.run(["bash", "-euo", "pipefail", "-c", commands], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, start_new_session=True)
+
+
+# asha through the test app, one trial at a time, in this order: the best, the second best (paused at step 1 behind
+# the best), then bad ones, whose arrival at step 1 lifts the second best into the rung's top half: it is promoted.
+GOOD = "{lr:0.1,width:32},{lr:0.1,width:16}"
+BAD = ",".join(f"{{lr:{0.0011 + i / 10000:.4f},width:8}}" for i in range(6))
+ASHA = ["hydra/sweeper/pruner=asha", "hydra.sweeper.pruner.reduction_factor=2", "epochs=4", "resumable=true",
+        "hydra.sweeper.n_jobs=1"]
+
+
+def epochs_run(trial) -> list[int]:
+    """Every epoch the test app trained for this trial, over all its runs."""
+    return [int(line) for line in (Path(trial.user_attrs["run_dir"]) / "epochs_run").read_text().split()]
+
+
+def check_promotion(result, db: Path) -> None:
+    """What a sweep of ASHA with GOOD then BAD must show, whatever the launcher."""
+    from optuna.trial import TrialState
+
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = trials(db, "curve")
+    assert found[0].state == TrialState.COMPLETE and epochs_run(found[0]) == [1, 2, 3, 4]
+    second = found[1]
+    assert second.system_attrs["sweep:promoted"] >= 1 and "trial 1 promoted past step 1" in result.stdout
+    assert epochs_run(second)[:2] == [1, 2]  # resumed after step 1, not from the start
+    assert len(epochs_run(second)) == len(set(epochs_run(second)))  # no epoch trained twice
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in found)  # nothing left paused
+    never = [t for t in found if t.user_attrs.get("stop_reason", "").endswith("(paused, never promoted)")]
+    assert never and all(len(epochs_run(t)) == max(t.intermediate_values) for t in never)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from helpers import (MARK, alive, assert_one_line_error, children, marked_processes, run_app, start_app, trials,
-                     wait_for)
+from helpers import (ASHA, BAD, GOOD, MARK, alive, assert_one_line_error, check_promotion, children,
+                     marked_processes, run_app, start_app, trials, wait_for)
 
 ray = pytest.importorskip("ray")  # the `ray` extra; .ci/run installs it
 pytestmark = pytest.mark.xdist_group("ray")  # one cluster at a time on a 2-core machine
@@ -45,6 +45,12 @@ def cluster():
 
 def _db(cwd: Path) -> Path:
     return cwd / "multirun" / "studies" / f"{STUDY}.db"
+
+
+def test_asha_pauses_and_promotes_trials_on_ray(cluster, tmp_path):
+    result = run_app("--multirun", "hydra/launcher=ray_pool", f"hydra.launcher.address={cluster}", *ASHA,
+                     "hydra.sweeper.n_trials=8", f"hydra.sweeper.enqueue=[{GOOD},{BAD}]", cwd=tmp_path)
+    check_promotion(result, _db(tmp_path))
 
 
 def test_trials_spread_over_both_nodes_refill_and_prune(cluster, tmp_path):

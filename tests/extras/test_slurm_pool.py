@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from helpers import run_app, start_app, trials, wait_for
+from helpers import ASHA, BAD, GOOD, check_promotion, run_app, start_app, trials, wait_for
 
 pytest.importorskip("submitit")  # the `slurm` extra; .ci/run installs it
 
@@ -33,6 +33,12 @@ def test_one_job_per_trial_refilled_as_each_ends(tmp_path):
     jobs = {p.parent.name for p in tmp_path.glob("multirun/*/*/.submitit/*/*_submitted.pkl")}
     assert len(jobs) == 3  # one job per trial, no array
     assert "submitit local executor: one job per trial, 2 at a time" in result.stdout + result.stderr
+
+
+def test_asha_pauses_and_promotes_trials_through_slurm_jobs(tmp_path):
+    result = run_app("--multirun", *LOCAL, *ASHA, "hydra.sweeper.n_trials=8", f"hydra.sweeper.enqueue=[{GOOD},{BAD}]",
+                     cwd=tmp_path)
+    check_promotion(result, _db(tmp_path))
 
 
 def test_a_preempted_job_fails_its_trial_and_the_retry_resumes_where_it_stopped(tmp_path):

@@ -12,26 +12,17 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from helpers import assert_one_line_error, run_app, start_app, trials, wait_for
-from sweep.attrs import PAUSED, PROMOTED, RUN_DIR, STOP_REASON
+from helpers import (ASHA, BAD, GOOD, assert_one_line_error, check_promotion, epochs_run, run_app, start_app,
+                     trials, wait_for)
+from sweep.attrs import PAUSED, PROMOTED, STOP_REASON
 from sweep.sweeper import report
 from sweep.sweeper.asha import PromotingHalving
 
 MAX = StudyDirection.MAXIMIZE
-# Enqueued in this order, one at a time: the best, the second best (paused at step 1 behind the best), then bad
-# ones, whose arrival at step 1 lifts the second best into the rung's top half: it is promoted and resumes.
-GOOD = "{lr:0.1,width:32},{lr:0.1,width:16}"
-BAD = ",".join(f"{{lr:{0.0011 + i / 10000:.4f},width:8}}" for i in range(6))
-ASHA = ["hydra/sweeper/pruner=asha", "hydra.sweeper.pruner.reduction_factor=2", "epochs=4", "resumable=true",
-        "hydra.sweeper.n_jobs=1"]
 
 
 def _db(cwd: Path) -> Path:
     return cwd / "multirun" / "studies" / "curve.db"
-
-
-def _epochs_run(trial) -> list[int]:
-    return [int(line) for line in (Path(trial.user_attrs[RUN_DIR]) / "epochs_run").read_text().split()]
 
 
 def test_rungs_and_the_rule_that_promotes_a_paused_trial():
@@ -50,17 +41,7 @@ def test_rungs_and_the_rule_that_promotes_a_paused_trial():
 def test_a_paused_trial_is_promoted_when_later_trials_do_worse_and_resumes_where_it_stopped(tmp_path):
     result = run_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", f"hydra.sweeper.enqueue=[{GOOD},{BAD}]",
                      cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    found = trials(_db(tmp_path), "curve")
-    assert found[0].state == TrialState.COMPLETE and _epochs_run(found[0]) == [1, 2, 3, 4]
-    second = found[1]
-    assert second.system_attrs[PROMOTED] >= 1 and "trial 1 promoted past step 1" in result.stdout
-    assert _epochs_run(second)[:2] == [1, 2]  # resumed after step 1, not from the start
-    assert len(_epochs_run(second)) == len(set(_epochs_run(second)))  # no epoch trained twice
-    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in found)  # nothing left paused
-    assert all(PAUSED not in t.system_attrs or t.system_attrs[PAUSED] is None for t in found)
-    never = [t for t in found if t.user_attrs.get(STOP_REASON, "").endswith("(paused, never promoted)")]
-    assert never and all(len(_epochs_run(t)) == max(t.intermediate_values) for t in never)
+    check_promotion(result, _db(tmp_path))
 
 
 def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path):
@@ -99,7 +80,7 @@ def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_pat
     for before in paused:
         after = found[before.number]
         assert after.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        assert len(_epochs_run(after)) == len(set(_epochs_run(after)))  # nothing run twice
+        assert len(epochs_run(after)) == len(set(epochs_run(after)))  # nothing run twice
     assert any(found[t.number].system_attrs.get(PROMOTED, 0) >= 1 for t in paused)  # and one went on from step 1
 
 
