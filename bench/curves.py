@@ -111,16 +111,25 @@ class Run:
         return value
 
 
+RESUME_COST = 1.0  # virtual seconds to resume a paused trial: a fresh process loading its checkpoint
+
+
 def run_async(policy, shape: str, seed: int, workers: int, budget: float) -> Run:
-    """Trials run epoch by epoch on `workers` workers; a worker that frees asks the policy for the next trial."""
+    """Trials run epoch by epoch on `workers` workers; a worker that frees asks the policy for its next work: a new
+    trial, or (asha) a paused one to resume at its next epoch."""
     run = Run(shape, seed)
     clock, events, order = 0.0, [], 0
-    for _ in range(workers):
-        handle, params = policy.start()
-        run.trials += 1
-        events.append((epoch_cost(params), order, handle, params, curve(shape, params), 1))
+
+    def next_work(now: float) -> None:
+        nonlocal order
+        handle, params, first = policy.start()
+        run.trials += first == 1
+        cost = epoch_cost(params) + (RESUME_COST if first > 1 else 0.0)
+        heapq.heappush(events, (now + cost, order, handle, params, curve(shape, params), first))
         order += 1
-    heapq.heapify(events)
+
+    for _ in range(workers):
+        next_work(0.0)
     while events:
         clock, _, handle, params, truth, epoch = heapq.heappop(events)
         if clock > budget:
@@ -128,11 +137,9 @@ def run_async(policy, shape: str, seed: int, workers: int, budget: float) -> Run
         value = run.observe(clock, float(truth[epoch - 1]))
         if policy.report(handle, epoch, value) and epoch < EPOCHS:
             heapq.heappush(events, (clock + epoch_cost(params), order, handle, params, truth, epoch + 1))
+            order += 1
         else:
-            handle, params = policy.start()
-            run.trials += 1
-            heapq.heappush(events, (clock + epoch_cost(params), order, handle, params, curve(shape, params), 1))
-        order += 1
+            next_work(clock)
     return run
 
 
@@ -188,6 +195,7 @@ class OptunaPolicy:
     def __init__(self, seed: int, sampler: str, pruner: str, tell_last: bool = False):
         import optuna
 
+        from sweep.sweeper.asha import PromotingHalving
         from sweep.sweeper.sampler import BudgetSampler
 
         samplers = {
@@ -203,15 +211,26 @@ class OptunaPolicy:
             "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=4),
             "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS,
                                                                 reduction_factor=3),
+            "asha": lambda: PromotingHalving(min_resource=1, reduction_factor=4),
         }
         self.study = optuna.create_study(direction="maximize", sampler=samplers[sampler](), pruner=pruners[pruner]())
         self.tell_last = tell_last
         self.best: dict[int, float] = {}
+        self.paused: dict[int, tuple] = {}  # asha: number -> (trial, step)
 
     def start(self):
+        if self.paused:  # asha: the sweep's scheduler promotes before it asks (sweep/sweeper/scheduler.py)
+            from sweep.attrs import PROMOTED
+
+            number = self.study.pruner.promotable(self.study.get_trials(deepcopy=False),
+                                                  {n: s for n, (_, s) in self.paused.items()}, self.study.direction)
+            if number is not None:
+                trial, step = self.paused.pop(number)
+                self.study._storage.set_trial_system_attr(trial._trial_id, PROMOTED, step)
+                return trial, trial.params, step + 1
         trial = self.study.ask(distributions())
         self.best[trial.number] = -math.inf
-        return trial, trial.params
+        return trial, trial.params, 1
 
     def report(self, trial, epoch: int, value: float) -> bool:
         import optuna
@@ -222,6 +241,9 @@ class OptunaPolicy:
             return False
         trial.report(value, epoch)
         if trial.should_prune():
+            if type(self.study.pruner).__name__ == "PromotingHalving":
+                self.paused[trial.number] = (trial, epoch)
+                return False
             if self.tell_last:
                 self.study.tell(trial, value)
             else:
@@ -250,7 +272,7 @@ class RayPolicy:
         trial = SimpleNamespace(trial_id=f"t{self.count}")
         config = self.searcher.suggest(trial.trial_id)
         self.scheduler.on_trial_add(None, trial)
-        return trial, config
+        return trial, config, 1
 
     def report(self, trial, epoch: int, value: float) -> bool:
         from ray.tune.schedulers import TrialScheduler
@@ -272,14 +294,14 @@ CONTENDERS = {
     "upstream (TPE, no pruning, batches)": None,
     "ray (ASHA + OptunaSearch)": None,
     "ours: tpe + median (today's default)": ("tpe", "median", False),
-    "ours: tpe-liar + none": ("tpe-liar", "none", False),
     "ours: tpe-liar + median": ("tpe-liar", "median", False),
     "ours: tpe + halving": ("tpe", "halving", False),
     "ours: tpe-liar + halving, last value": ("tpe-liar", "halving", True),
     "ours: budget + median": ("budget", "median", False),
-    "ours: budget without liar + median": ("budget-noliar", "median", False),
     "ours: budget + halving": ("budget", "halving", False),
     "ours: budget + hyperband": ("budget", "hyperband", False),
+    "ours: tpe + asha (promotion)": ("tpe", "asha", False),
+    "ours: budget + asha (promotion)": ("budget", "asha", False),
 }
 
 
