@@ -176,8 +176,7 @@ class StudyHandle:
             if t.number in self._ids or now - beat <= self.grace_period:
                 continue  # ours, or alive
             if isinstance(t.system_attrs.get(PAUSED), int):  # paused, and its sweep is gone: this sweep may promote it
-                self.trial_id(t.number)
-                self.backend.set_trial_system_attr(t._trial_id, HEARTBEAT, now)
+                self.backend.set_trial_system_attr(self.trial_id(t.number), HEARTBEAT, now)
                 self.adopted[t.number] = t.system_attrs[PAUSED]
                 continue
             if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
