@@ -293,11 +293,12 @@ class RayPolicy:
 CONTENDERS = {
     "upstream (TPE, no pruning, batches)": None,
     "ray (ASHA + OptunaSearch)": None,
-    "ours: tpe + median (today's default)": ("tpe", "median", False),
+    "ours: tpe + median (the earlier default)": ("tpe", "median", False),
     "ours: tpe-liar + median": ("tpe-liar", "median", False),
     "ours: tpe + halving": ("tpe", "halving", False),
     "ours: tpe-liar + halving, last value": ("tpe-liar", "halving", True),
     "ours: budget + median": ("budget", "median", False),
+    "ours: budget without liar + median": ("budget-noliar", "median", False),
     "ours: budget + halving": ("budget", "halving", False),
     "ours: budget + hyperband": ("budget", "hyperband", False),
     "ours: tpe + asha (promotion)": ("tpe", "asha", False),

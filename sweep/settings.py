@@ -38,7 +38,7 @@ class SweeperConf:
 
     _target_: str = f"{PLUGIN}.OptunaSweeper"
     _recursive_: bool = False  # the sweeper builds its sampler and pruner itself (Hydra 1.3 would do it first)
-    defaults: list = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "median"}])
+    defaults: list = field(default_factory=lambda: [{"sampler": "budget"}, {"pruner": "median"}])
     sampler: Any = MISSING
     direction: Any = "minimize"  # minimize | maximize, or a list of them for a multi-objective study
     storage: Any = None  # null: in memory (cannot resume); sqlite:///path.db, journal:///path.log, postgresql://...
