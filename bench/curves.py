@@ -1,4 +1,4 @@
-"""Search quality on synthetic learning curves, in virtual time: who finds a better model sooner (#23, bench a).
+"""Search quality on synthetic learning curves, in virtual time: who finds a better model sooner.
 
 Each trial's learning curve is a published shape with crossing curves (fast starters end worse) and noise, and
 each epoch costs virtual seconds that grow with the model's width; nothing sleeps. Every contender is the real

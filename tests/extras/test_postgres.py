@@ -4,6 +4,7 @@ and passwords: given as ${oc.env:VAR}, holding @ / : %, they connect and never r
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -101,6 +102,8 @@ def test_a_password_from_the_environment_connects_and_is_never_shown(postgres, t
     outputs = result.stdout + result.stderr + refused.stderr + reported.stdout + reported.stderr + wrong.stderr
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "hydra.yaml" for p in files) and any(p.name == "report.html" for p in files)
+    # The report's embedded plots are base64, where a piece such as "ss/w" turns up by chance: they are left out.
+    texts = {p: re.sub(rb"base64,[A-Za-z0-9+/=]+", b"", p.read_bytes()) for p in files}
     for piece in (SPECIAL, "ss/w", "w:rd", "rd%2F", "p%40ss"):  # nothing of it, escaped or not
         assert piece not in outputs
-        assert not [p for p in files if piece.encode() in p.read_bytes()]
+        assert not [p for p, text in texts.items() if piece.encode() in text]
