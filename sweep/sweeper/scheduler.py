@@ -118,6 +118,8 @@ class Scheduler:
     def _promote(self) -> bool:
         """asha: resume the paused trial its rung now promotes, if any, in the free worker."""
         pruner = self.handle.study.pruner
+        if not hasattr(pruner, "promotable"):  # trials an asha sweep left paused, adopted by a sweep with another pruner
+            return False
         trials = self.handle.study.get_trials(deepcopy=False)
         number = pruner.promotable(trials, {n: step for n, (_, step) in self.paused.items()}, self.handle.study.direction)
         if number is None:

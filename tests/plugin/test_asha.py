@@ -53,7 +53,8 @@ def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path)
     assert (result.stdout + result.stderr).count("asha cannot pause") == 1  # one warning for the sweep, not one per trial
 
 
-def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_path):
+def _interrupt_with_a_paused_trial(tmp_path) -> tuple[list, str]:
+    """An asha sweep stopped with Ctrl-C once a trial is paused; its paused trials and its output."""
     sweep = start_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", "epoch_seconds=0.3",
                       f"hydra.sweeper.enqueue=[{GOOD},{BAD}]", cwd=tmp_path)
     try:
@@ -68,7 +69,12 @@ def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_pat
             sweep.communicate()
     paused = [t for t in trials(_db(tmp_path), "curve") if t.state == TrialState.RUNNING]
     assert [t.system_attrs[PAUSED] for t in paused] == [1] * len(paused) and paused  # kept, not FAIL
-    assert f"{len(paused)} paused (the next sweep resumes them)" in out + err
+    return paused, out + err
+
+
+def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_path):
+    paused, output = _interrupt_with_a_paused_trial(tmp_path)
+    assert f"{len(paused)} paused (the next sweep resumes them)" in output
     table = report.trials_table(optuna.load_study(study_name="curve", storage=f"sqlite:///{_db(tmp_path)}"))
     assert sorted(table[table["state"] == "PAUSED"]["trial"]) == [t.number for t in paused]
     more = ",".join(f"{{lr:{0.0021 + i / 10000:.4f},width:8}}" for i in range(6))
@@ -82,6 +88,16 @@ def test_a_sweep_interrupted_while_a_trial_is_paused_resumes_it_on_rerun(tmp_pat
         assert after.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert len(epochs_run(after)) == len(set(epochs_run(after)))  # nothing run twice
     assert any(found[t.number].system_attrs.get(PROMOTED, 0) >= 1 for t in paused)  # and one went on from step 1
+
+
+def test_trials_left_paused_end_pruned_when_the_next_sweep_uses_another_pruner(tmp_path):
+    paused, _ = _interrupt_with_a_paused_trial(tmp_path)
+    result = run_app("--multirun", "hydra/sweeper/pruner=median", "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = {t.number: t for t in trials(_db(tmp_path), "curve")}
+    for before in paused:
+        assert found[before.number].state == TrialState.PRUNED
+        assert found[before.number].user_attrs[STOP_REASON].endswith("(paused, never promoted)")
 
 
 def test_bad_asha_settings_are_one_line_naming_the_pruner(tmp_path):
