@@ -155,7 +155,7 @@ class SweepImpl:
     def _sweep(self, arguments: list[str]) -> None:
         from sweep.sweeper.scheduler import Limits, LostStorage, Scheduler
         from sweep.sweeper.study import StudyHandle
-        from sweep.sweeper.summary import Progress, finish, warm_report
+        from sweep.sweeper.summary import Progress, finish
 
         space = SearchSpace.parse(self.params, arguments)
         n_trials = self.n_trials
@@ -191,8 +191,7 @@ class SweepImpl:
                         grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
-                              callbacks=callbacks, stop=self.stop,
-                              after_first=warm_report if self.write_report else None)
+                              callbacks=callbacks, stop=self.stop)
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()

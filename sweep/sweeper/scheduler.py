@@ -61,7 +61,6 @@ class Scheduler:
     callbacks: list = field(default_factory=list)  # (name, callback(study, frozen_trial)), after each trial ends
     stop: Any = None  # a StopRule: the whole sweep ends once it says so
     stopped: str | None = None  # why it did
-    after_first: Callable[[], None] | None = None  # called once, when the first trial ends (the report's imports)
     paused: dict[int, tuple[Any, int]] = field(default_factory=dict)  # asha: number -> (trial, step it paused at)
     adopted: list[int] = field(default_factory=list)  # paused trials an earlier sweep left, taken over by this one
     _warned_pause: bool = False
@@ -99,9 +98,6 @@ class Scheduler:
                 trial = self.inflight.pop(future)
                 self._finish(trial, future)
                 self._ended(trial.number)
-                if self.after_first is not None:
-                    self.after_first, first = None, self.after_first
-                    first()
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
         self._end_paused()

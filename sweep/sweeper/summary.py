@@ -4,7 +4,6 @@ trial, optimization_results.yaml (hydra-optuna-sweeper's format) and the report.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
@@ -108,19 +107,6 @@ def pruning_savings(trials, mine, max_resource=None) -> tuple[int, int] | None:
             total += max(full, steps)
             saved += max(full, steps) - steps if judged else 0
     return saved, total
-
-
-def warm_report() -> None:
-    """Import what the report draws with (pandas, matplotlib, Optuna's importance: seconds of imports) in the
-    background, once the first trial has ended, so the sweep's exit pays for drawing only."""
-    def load() -> None:
-        try:
-            import optuna.importance  # noqa: F401
-            import sweep.sweeper.report  # noqa: F401
-        except Exception:  # the report, when it runs, says what is wrong
-            pass
-
-    threading.Thread(target=load, name="report-imports", daemon=True).start()
 
 
 def finish(study: optuna.Study, directions: list[str], launched: list[int], sweep_dir: Path, *, interrupted: bool,

@@ -158,7 +158,7 @@ def test_mlflow_groups_the_trials_of_slurm_pool_and_hydras_own_launcher(tmp_path
     children = [r for r in runs if r is not parent]
     trials = optuna.load_study(study_name="digits", storage=f"sqlite:///{tmp_path / 'multirun/studies/digits.db'}")
     why = [(t.number, t.state.name, t.user_attrs.get("fail_reason")) for t in trials.trials]  # for a failure
-    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1", "trial-2"], (why, result.stdout[-3000:])
+    assert sorted(r.info.run_name for r in children) == ["trial-0", "trial-1", "trial-2"], (why, result.stderr[-3000:])
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parent.info.run_id}
     assert {r.info.status for r in children} <= {"FINISHED", "KILLED"}
 

@@ -60,7 +60,7 @@ class FakeLauncher:
         pass
 
 
-def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), after_first=None, **limits):
+def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), **limits):
     handle = StudyHandle(Storage("memory", None), "unit", list(directions), optuna.samplers.RandomSampler(seed=0),
                          None, None, heartbeat_interval=30, grace_period=120, retries=limits.get("retries", 0))
     handle.open([])
@@ -69,7 +69,7 @@ def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), after_first=No
     launcher.start(n_jobs, at_most=n_trials)
     scheduler = Scheduler(handle, launcher, Limits(n_trials, launcher.slots, **limits), SPACE,
                           lambda trial: [f"x={trial.params['x']}"], Progress(n_trials, list(directions), handle.study),
-                          FileWatch(Storage("memory", None)), after_first=after_first)
+                          FileWatch(Storage("memory", None)))
     scheduler.run()
     return scheduler, launcher, {t.number: t for t in handle.study.get_trials(deepcopy=False)}
 
@@ -78,17 +78,6 @@ def test_it_keeps_the_slots_full_and_tells_each_value():
     scheduler, launcher, trials = sweep(lambda n, o: float(o[0].split("=")[1]), n_trials=5, n_jobs=2)
     assert launcher.most == 2 and len(trials) == 5
     assert all(t.state == TrialState.COMPLETE and t.value == t.params["x"] for t in trials.values())
-
-
-def test_the_report_imports_start_once_when_the_first_trial_ends():
-    calls, ended = [], []
-
-    def answer(number, overrides):
-        ended.append(number)
-        return 0.5
-
-    sweep(answer, n_trials=5, n_jobs=2, after_first=lambda: calls.append(len(ended)))
-    assert calls == [2]  # once, after the first batch answered (both slots), never again
 
 
 def test_a_lost_worker_is_retried_and_costs_no_trial():
