@@ -47,6 +47,8 @@ def main(cfg: DictConfig) -> float:
         if folder is not None and (folder / "last_epoch").is_file():
             done = max(done, int((folder / "last_epoch").read_text()))
     (out / "resumed_from").write_text(str(done))
+    for epoch in range(1, done + 1):  # as sweep.train does: a kill may land between a checkpoint and its report
+        trial.report(score(cfg.lr, cfg.width, epoch), epoch)  # (the first report of a step stands)
     value = score(cfg.lr, cfg.width, max(done, 1))
     for epoch in range(done + 1, cfg.epochs + 1):
         if cfg.epoch_seconds:
