@@ -25,6 +25,7 @@ from sweep.errors import UserError, first_line, shorten
 from sweep.redact import redact
 from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied
 from sweep.launchers.job import job_error
+from sweep.sweeper.asha import paused_step
 from sweep.sweeper.study import FINISHED, StudyHandle
 
 log = logging.getLogger(__name__)
@@ -214,8 +215,8 @@ class Scheduler:
             error = ValueError(problem)
         if isinstance(error, optuna.TrialPruned):
             frozen = self.handle.frozen(trial.number)
-            step = frozen.system_attrs.get(attrs.PAUSED)
-            if isinstance(step, int):  # asha paused it: it waits, RUNNING, for its rung to promote it
+            step = paused_step(frozen)
+            if step is not None:  # asha paused it: it waits, RUNNING, for its rung to promote it
                 self.paused[trial.number] = (trial, step)
                 self.progress.paused(trial.number, step)
                 return

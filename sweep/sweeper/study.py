@@ -20,7 +20,8 @@ from optuna.trial import TrialState
 from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line
 from sweep.settings import SAMPLER_TARGETS, build
-from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, PAUSED, RETRY_HISTORY, SWEEP_ATTRS
+from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
+from sweep.sweeper.asha import paused_step
 
 log = logging.getLogger(__name__)
 # What updating a finished trial raises: Optuna 4.4 named it; before, it was a RuntimeError.
@@ -175,9 +176,10 @@ class StudyHandle:
                 beat = t.datetime_start.timestamp() if t.datetime_start else now
             if t.number in self._ids or now - beat <= self.grace_period:
                 continue  # ours, or alive
-            if isinstance(t.system_attrs.get(PAUSED), int):  # paused, and its sweep is gone: this sweep may promote it
+            step = paused_step(t)
+            if step is not None:  # paused, and its sweep is gone: this sweep may promote it
                 self.backend.set_trial_system_attr(self.trial_id(t.number), HEARTBEAT, now)
-                self.adopted[t.number] = t.system_attrs[PAUSED]
+                self.adopted[t.number] = step
                 continue
             if self.tell(t.number, state=TrialState.FAIL, reason="its sweep stopped sending heartbeats"):
                 log.warning("Trial %d: its sweep stopped sending heartbeats %.0f s ago; marked FAIL",
