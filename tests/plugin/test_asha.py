@@ -55,7 +55,9 @@ def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path)
 
 def _interrupt_with_a_paused_trial(tmp_path) -> tuple[list, str]:
     """An asha sweep stopped with Ctrl-C once a trial is paused; its paused trials and its output."""
-    sweep = start_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", "epoch_seconds=0.3",
+    # Epochs of 1 s: the bad trials that would promote the paused one take seconds to reach step 1, far longer than
+    # the poll below needs to see the pause and interrupt.
+    sweep = start_app("--multirun", *ASHA, "hydra.sweeper.n_trials=8", "epoch_seconds=1.0",
                       f"hydra.sweeper.enqueue=[{GOOD},{BAD}]", cwd=tmp_path)
     try:
         wait_for(lambda: _db(tmp_path).exists() and any(
