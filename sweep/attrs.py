@@ -12,7 +12,10 @@ NODE = "node"  # where it ran: Ray's node id under Ray, else the host name
 GPUS = "gpus"  # the CUDA_VISIBLE_DEVICES it was given, "" for none
 STARTUP_SECONDS = "startup_seconds"  # from being asked to starting in a worker (worker start-up, queueing)
 RUN_SECONDS = "run_seconds"  # the job itself, in its worker
-SWEEP_ATTRS = (FAIL_REASON, STOP_REASON, RUN_DIR, NODE, GPUS, STARTUP_SECONDS, RUN_SECONDS)
+REPEAT_OF = "repeat_of"  # hydra.sweeper.repeats: the trial whose configuration this one runs again
+SEED = "repeat_seed"  # ... and the seed it runs with (in hydra.sweeper.seed_key)
+SWEEP_ATTRS = (FAIL_REASON, STOP_REASON, RUN_DIR, NODE, GPUS, STARTUP_SECONDS, RUN_SECONDS)  # left behind by a retry
+REPEAT_ATTRS = (REPEAT_OF, SEED)  # kept by a retry; meaningless in another study
 
 # Trial system attributes
 DEADLINE = "sweep:deadline"  # unix time at which hydra.sweeper.time_budget runs out

@@ -68,6 +68,10 @@ class SweeperConf:
     warm_start: Any = setting(None, optional(mapping()))
     # Stop the whole sweep early: {target: value reached, trials: N without improvement, seconds: T without one}.
     stop: Any = setting(None, optional(mapping()))
+    # A noisy objective: once the search is done, the best `repeats` configurations run `repeats` times in all, each
+    # run with another seed in the app's `seed_key`; the report ranks them by the mean. 1: no repeats.
+    repeats: Any = setting(1, integer(low=1))
+    seed_key: Any = setting("seed", text())  # the app's config key that seeds a run (sweep.train: trainer.seed)
     # A tracker's run for the whole sweep, made in the sweep's process before the first trial; each trial finds its id
     # as sweep.trial().parent_run_id. {_target_: sweep.tracking.MLflowParent, tracking_uri: ..., experiment_name: ...}
     tracker: Any = setting(None, optional(Rule("a {_target_: ..., ...} mapping", lambda v: hasattr(v, "keys") and isinstance(v.get("_target_"), str))))

@@ -34,7 +34,7 @@ from optuna.distributions import CategoricalDistribution
 from sweep import atomic
 from sweep.sweeper import storage as st
 from sweep.sweeper import task
-from sweep.attrs import STORAGE_ENV, STUDY_ENV, TRIAL_ENV
+from sweep.attrs import SEED, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.redact import redact
 from sweep.launchers.protocol import BatchAdapter, TrialLauncher
@@ -42,9 +42,11 @@ from sweep.checks import names, plain as _plain, validate
 from sweep.settings import PRUNER_TARGETS, SAMPLER_TARGETS, SweeperConf, build, made
 from sweep.sweeper.space import SearchSpace, quote
 from sweep.sweeper.stop import StopRule
+from sweep.sweeper.repeats import plan as plan_repeats
 from sweep.sweeper.study import warm_trials
 
 log = logging.getLogger(__name__)
+_ABSENT = object()
 
 
 def directions_of(direction: Any) -> list[str]:
@@ -82,7 +84,8 @@ class SweepImpl:
     def _init(self, sampler: Any, direction: Any, storage: Any, study_name: Any, n_trials: int, n_jobs: int | None,
               max_failure_rate: float, params: Any, custom_search_space: Any, pruner: Any, metric_names: Any,
               check: Any, timeout: Any, time_budget: Any, retries: int, heartbeat_interval: int, grace_period: int,
-              report: bool, enqueue: Any, callbacks: Any, stop: Any, warm_start: Any, tracker: Any = None) -> None:
+              report: bool, enqueue: Any, callbacks: Any, stop: Any, warm_start: Any, tracker: Any = None,
+              repeats: int = 1, seed_key: str = "seed") -> None:
         self.directions = directions_of(direction)
         names = _plain(metric_names)
         if isinstance(names, str):
@@ -103,6 +106,10 @@ class SweepImpl:
         self.callbacks = _callbacks(callbacks)
         self.tracker = made(tracker, "hydra.sweeper.tracker") if tracker else None
         self.stop = StopRule.of(_plain(stop), self.directions)
+        if repeats > 1 and len(self.directions) > 1:
+            raise UserError(f"hydra.sweeper.repeats={repeats}: a multi-objective study has no single best "
+                            "configurations to repeat; use repeats=1")
+        self.repeats, self.seed_key = repeats, seed_key
         self.warm_start = _plain(warm_start)
         if self.warm_start is not None:
             unknown = sorted(set(self.warm_start) - {"storage", "study_name"})
@@ -164,6 +171,7 @@ class SweepImpl:
             self.sampler = self.sampler(grid)
             n_trials = min(n_trials, math.prod(len(v) for v in grid.values()))
         self._check_edges(space)
+        base_seed = self._base_seed(space) if self.repeats > 1 else None
 
         warm = warm_trials(self.warm_start, space.distributions) if self.warm_start else []
         lock = st.lock_sqlite(self.spec)  # noqa: F841  (held until the sweep ends)
@@ -191,7 +199,9 @@ class SweepImpl:
                         grace=self.grace_period)
         scheduler = Scheduler(handle, self.runner, limits, space.distributions, functools.partial(self._job, space),
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
-                              callbacks=callbacks, stop=self.stop)
+                              callbacks=callbacks, stop=self.stop,
+                              repeats=functools.partial(plan_repeats, maximize=self.directions[0] == "maximize",
+                                                  repeats=self.repeats, base_seed=base_seed))
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()
@@ -245,7 +255,28 @@ class SweepImpl:
         env = {TRIAL_ENV: str(trial.number), STUDY_ENV: self.handle.study.study_name}
         if self.spec.saved is not None:  # no secret in it: each job reads that from its own environment
             env[STORAGE_ENV] = st.to_env(self.spec.saved)
-        return space.overrides(trial.params) + [f"+hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()]
+        seed = trial.user_attrs.get(SEED)  # a repeat (hydra.sweeper.repeats), maybe queued by an earlier sweep
+        return (space.overrides(trial.params, {} if seed is None else {self.seed_key: seed})
+                + [f"+hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()])
+
+    def _base_seed(self, space: SearchSpace) -> Any:
+        """The seed of a configuration's first run, which its repeats count up from: the command line's, or the
+        config's. A swept or missing seed key is one line."""
+        key = self.seed_key
+        if key in space.distributions:
+            raise UserError(f"hydra.sweeper.seed_key={key} is swept by hydra.sweeper.params; hydra.sweeper.repeats "
+                            "reruns configurations with other seeds, so the seed must not be a parameter")
+        if key in space.fixed:  # as the user wrote it on the command line
+            try:
+                return int(space.fixed[key])
+            except ValueError:
+                return None
+        found = OmegaConf.select(self.config, key, default=_ABSENT, throw_on_missing=False)
+        if found is _ABSENT:
+            raise UserError(f"hydra.sweeper.seed_key={key}: the app's config has no such key, and "
+                            f"hydra.sweeper.repeats={self.repeats} sets it to rerun the best configurations with other "
+                            "seeds; set hydra.sweeper.seed_key to the key that seeds a run (sweep.train: trainer.seed)")
+        return found
 
     def _check_edges(self, space: SearchSpace) -> None:
         """Compose the configs at the edges of the space (and run the app's check, if it names one), so mistakes

@@ -30,9 +30,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from sweep import atomic
 from sweep.sweeper import storage as st
-from sweep.attrs import FAIL_REASON, GPUS, NODE, RUN_DIR, RUN_SECONDS, STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS
+from sweep.attrs import (FAIL_REASON, GPUS, NODE, REPEAT_ATTRS, REPEAT_OF, RUN_DIR, RUN_SECONDS, SEED,
+                         STARTUP_SECONDS, STOP_REASON, SWEEP_ATTRS)
 from sweep.errors import UserError, first_line, shorten
 from sweep.sweeper.asha import paused_step
+from sweep.sweeper.repeats import ranking
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     names = sorted({name for t in trials for name in t.params})
     front = {t.number for t in study.best_trials} if len(objs) > 1 and any(
         t.state == TrialState.COMPLETE for t in trials) else set()
-    own = sorted({k for t in trials for k in t.user_attrs if k not in SWEEP_ATTRS} - set(names))
+    own = sorted({k for t in trials for k in t.user_attrs if k not in SWEEP_ATTRS + REPEAT_ATTRS} - set(names))
+    repeated = any(REPEAT_OF in t.user_attrs for t in trials)
     placed = any(t.user_attrs.get(NODE) for t in trials)
     has_steps = any(t.intermediate_values for t in trials)
     rows = []
@@ -138,6 +141,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 row[metric] = _best_step_value(t, maximize) if len(objs) == 1 else None
         if has_steps:
             row["steps"] = len(t.intermediate_values)
+        if repeated:
+            row["repeat_of"], row["seed"] = attrs.get(REPEAT_OF), attrs.get(SEED)
         row["seconds"] = _seconds(t)
         row["startup_seconds"] = attrs.get(STARTUP_SECONDS)
         if placed:
@@ -182,6 +187,12 @@ def headline(study: optuna.Study, table: pd.DataFrame) -> str:
         best = study.best_trial
         params = ", ".join(f"{k}={_cell(v)}" for k, v in best.params.items()) or "no swept parameters"
         lines.append(f"Best: trial {best.number}, {objs[0][0]} = {best.value:.6g}, with {params}.")
+        ranked = ranking(trials, objs[0][1])
+        if ranked:
+            top = ranked[0]
+            lines.append(f"Best mean over seeds: trial {top['trial']}, {objs[0][0]} = {top['mean']:.6g} ± "
+                         f"{top['std']:.2g} over {top['runs']} runs ({len(ranked)} configuration(s) repeated; "
+                         "table below).")
     elif complete:
         lines.append(f"Pareto front: {len(study.best_trials)} trial(s), listed first below.")
     else:
@@ -443,10 +454,21 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     if len(objs) == 1:
         draw("cost.png", plot_cost, table, metric, maximize)
     top = headline(study, table)
-    atomic.write_text(out_dir / "report.md", top + "\n\n" + markdown(table))
-    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots)
+    sections = []
+    if len(objs) == 1 and (ranked := ranking(trials, maximize)):
+        sections.append(("Repeated configurations, best mean first", repeats_table(ranked, metric)))
+    atomic.write_text(out_dir / "report.md", top + "\n\n" + "".join(
+        f"## {title}\n\n{markdown(part)}\n" for title, part in sections) + markdown(table))
+    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots, sections)
     log.info("report written to %s", out_dir / "report.html")
     return table
+
+
+def repeats_table(ranked: list[dict], metric: str) -> pd.DataFrame:
+    """hydra.sweeper.repeats: each repeated configuration's mean and spread over its seeds."""
+    return pd.DataFrame([{"trial": r["trial"], f"mean {metric}": r["mean"], "std": r["std"], "runs": r["runs"],
+                          f"first run's {metric}": r["first run"],
+                          "params": ", ".join(f"{k}={_cell(v)}" for k, v in r["params"].items())} for r in ranked])
 
 
 def compare(sweep_dirs: list[Path], out_dir: Path) -> pd.DataFrame:
@@ -509,7 +531,13 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_html(path: Path, title: str, summary: str, table: pd.DataFrame, images: list[str]) -> None:
+def _html_table(table: pd.DataFrame, table_id: str) -> str:
+    return table.apply(lambda col: col.map(_capped)).to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}",
+                                                             table_id=table_id)
+
+
+def _write_html(path: Path, title: str, summary: str, table: pd.DataFrame, images: list[str],
+                sections: list[tuple[str, pd.DataFrame]] = ()) -> None:
     figures = "\n".join(
         f'<figure><img alt="{html.escape(TITLES.get(name, name))}" src="data:image/png;base64,'
         f'{base64.b64encode((path.parent / name).read_bytes()).decode()}"><figcaption>{html.escape(TITLES.get(name, name))}'
@@ -528,7 +556,8 @@ img {{ max-width: 100%; }}
 </style></head>
 <body><h1>{html.escape(title)}</h1>{"".join(f"<p>{html.escape(line)}</p>" for line in summary.splitlines())}
 {figures}
-<h2>All runs</h2><div class="scroll">{table.apply(lambda col: col.map(_capped)).to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", table_id="runs")}</div>
+{"".join(f"<h2>{html.escape(name)}</h2>{_html_table(part, f'section-{i}')}" for i, (name, part) in enumerate(sections))}
+<h2>All runs</h2><div class="scroll">{_html_table(table, "runs")}</div>
 </body></html>
 """
     atomic.write_text(path, page)

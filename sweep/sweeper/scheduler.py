@@ -64,6 +64,9 @@ class Scheduler:
     stopped: str | None = None  # why it did
     paused: dict[int, tuple[Any, int]] = field(default_factory=dict)  # asha: number -> (trial, step it paused at)
     adopted: list[int] = field(default_factory=list)  # paused trials an earlier sweep left, taken over by this one
+    repeats: Callable[[list], list] | None = None  # hydra.sweeper.repeats: trials -> the runs still missing
+    repeating: bool = False  # the search is done; the best configurations run again with other seeds
+    pending: list = field(default_factory=list)  # the repeats not started yet
     _warned_pause: bool = False
 
     def run(self) -> None:
@@ -75,16 +78,39 @@ class Scheduler:
         self.progress.deadline = stop_asking_at if stop_asking_at < math.inf else None
         self._asked_at: dict[int, float] = {}
         self.handle.start_heartbeats(lambda: [t.number for t in list(self.inflight.values())] + list(self.paused))
-        next_stale_check = started + self.handle.heartbeat_interval
+        self._next_stale_check = started + self.handle.heartbeat_interval
         self._adopt()
+        self._loop(stop_asking_at, deadline)
+        self._end_paused()
+        if self.repeats is not None:
+            self.repeating = True
+            if self._accepting(stop_asking_at):  # not interrupted, not out of time, not failing
+                self._repeat(stop_asking_at, deadline)
+
+    def _repeat(self, stop_asking_at: float, deadline: float | None) -> None:
+        """The search is done: queue the runs its best configurations still miss, and run them."""
+        todo = self.repeats(self.handle.study.get_trials(deepcopy=False))
+        if not todo:
+            return
+        self.pending = list(todo)
+        origins = sorted({r.origin for r in todo})
+        log.info("Repeats: %d run(s) of the best configuration(s) (trial %s) with other seeds", len(todo),
+                 ", ".join(map(str, origins)))
+        self.repeating = True
+        self._target = len(self.asked) + len(todo)
+        self.progress.n_trials += len(todo)
+        self._loop(stop_asking_at, deadline)
+
+    def _loop(self, stop_asking_at: float, deadline: float | None) -> None:
+        limits = self.limits
         while True:
             problem = self.watch.check()
             if problem:
                 raise LostStorage(problem)
-            if time.monotonic() > next_stale_check:  # another sweep on this study may have died
+            if time.monotonic() > self._next_stale_check:  # another sweep on this study may have died
                 self._target += len(self.handle.fail_stale())  # retries of another sweep's lost trials
                 self._adopt()
-                next_stale_check = time.monotonic() + self.handle.heartbeat_interval
+                self._next_stale_check = time.monotonic() + self.handle.heartbeat_interval
             while len(self.inflight) < limits.n_jobs:  # a free worker: promote a paused trial, or start a new one
                 if self.paused and self._accepting(stop_asking_at, new=False) and self._promote():
                     continue
@@ -101,7 +127,6 @@ class Scheduler:
                 self._ended(trial.number)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
-        self._end_paused()
 
     def _adopt(self) -> None:
         """Paused trials whose sweep ended (interrupted, killed): this sweep may promote them."""
@@ -174,20 +199,26 @@ class Scheduler:
                 self.progress.ended(trial.number, TrialState.FAIL, None, reason)
 
     def _accepting(self, stop_asking_at: float, new: bool = True) -> bool:
-        """Whether a worker may take work now: a new trial (new), or a paused one to resume."""
-        if self.stopped:
+        """Whether a worker may take work now: a new trial (new), or a paused one to resume. The stop rule and an
+        exhausted grid end the search, not the repeats that follow it."""
+        if self.stopped and not self.repeating:
             return False
         if len(self.failures) > self.limits.max_failure_rate * self.limits.n_trials:
             return False
         if time.monotonic() >= stop_asking_at:
             return False
-        if not new:
+        if not new or self.repeating:
             return True
         sampler = self.handle.study.sampler
         return not (isinstance(sampler, GridSampler) and sampler.is_exhausted(self.handle.study))
 
     def _start_one(self, deadline: float | None) -> None:
-        trial = self.handle.ask(self.distributions, deadline)
+        if self.pending:  # a repeat: made now, so one never started is planned again by the next sweep
+            r = self.pending.pop(0)
+            trial = self.handle.add_running(r.params, r.distributions, {attrs.REPEAT_OF: r.origin, attrs.SEED: r.seed},
+                                            deadline)
+        else:
+            trial = self.handle.ask(self.distributions, deadline)
         self.asked.append(trial.number)
         self._asked_at[trial.number] = time.time()
         try:

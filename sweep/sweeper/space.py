@@ -68,10 +68,12 @@ class SearchSpace:
                 space.fixed[key] = value
         return space
 
-    def overrides(self, params: dict[str, Any]) -> list[str]:
-        """A trial's overrides: its sampled (or custom) parameters, the fixed values, then the deletions."""
-        return ([f"{k}={override_value(v)}" for k, v in params.items()]
-                + [f"{k}={v}" for k, v in self.fixed.items()] + list(self.deletions))
+    def overrides(self, params: dict[str, Any], replace: dict[str, Any] | None = None) -> list[str]:
+        """A trial's overrides: its sampled (or custom) parameters, the fixed values (`replace` taking the place of
+        any of them: a repeat's seed), then the deletions."""
+        replace = replace or {}
+        return ([f"{k}={override_value(v)}" for k, v in {**params, **replace}.items()]
+                + [f"{k}={v}" for k, v in self.fixed.items() if k not in replace] + list(self.deletions))
 
     def edges(self, every_choice=lambda key: True) -> list[dict[str, Any]]:
         """Configurations at the corners that matter: every parameter low, every one high, and each choice of the

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from sweep.sweeper import storage as st
 from sweep.errors import UserError, first_line
 from sweep.settings import SAMPLER_TARGETS, build
-from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, RETRY_HISTORY, SWEEP_ATTRS
+from sweep.attrs import DEADLINE, FAIL_REASON, FAILED_TRIAL, HEARTBEAT, REPEAT_ATTRS, RETRY_HISTORY, SWEEP_ATTRS
 from sweep.sweeper.asha import paused_step
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class StudyHandle:
             self.study.add_trial(optuna.trial.create_trial(
                 params=t.params, distributions=t.distributions, values=t.values,
                 intermediate_values=t.intermediate_values,
-                user_attrs={**{k: v for k, v in t.user_attrs.items() if k not in SWEEP_ATTRS},
+                user_attrs={**{k: v for k, v in t.user_attrs.items() if k not in SWEEP_ATTRS + REPEAT_ATTRS},
                             "warm_start_from": t.user_attrs.get("warm_start_from") or t.number}))
         return len(trials)
 
@@ -119,6 +119,17 @@ class StudyHandle:
         for key, value in attrs.items():
             self.backend.set_trial_system_attr(trial_id, key, value)
         return trial
+
+    def add_running(self, params: dict, distributions: dict, user_attrs: dict,
+                    deadline: float | None) -> optuna.trial.Trial:
+        """A trial of given parameters, RUNNING from the start with its heartbeat (hydra.sweeper.repeats)."""
+        template = optuna.trial.create_trial(
+            state=TrialState.RUNNING, params=params, distributions=distributions, user_attrs=user_attrs,
+            system_attrs={HEARTBEAT: time.time(), **({DEADLINE: deadline} if deadline is not None else {})})
+        trial_id = self.backend.create_new_trial(self.study_id, template_trial=template)
+        number = self.backend.get_trial_number_from_id(trial_id)
+        self._ids[number] = trial_id
+        return optuna.trial.Trial(self.study, trial_id)
 
     def tell(self, trial: optuna.trial.Trial | int, values: list[float] | None = None,
              state: TrialState = TrialState.COMPLETE, reason: str | None = None) -> bool:

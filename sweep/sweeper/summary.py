@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from sweep import atomic
 from sweep.sweeper.asha import paused_step
+from sweep.sweeper.repeats import ranking
 from sweep.attrs import STOP_REASON
 from sweep.errors import UserError, first_line
 
@@ -136,6 +137,13 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
         log.info("Best parameters: %s", best.params)
         log.info("Best value: %s (trial %d)", best.value, best.number)
         results = {"name": "optuna", "best_params": best.params, "best_value": best.value}
+        ranked = ranking(trials, directions[0] == "maximize")
+        if ranked:  # hydra.sweeper.repeats: what a configuration is worth beyond one lucky seed
+            log.info("Best by the mean over seeds:")
+            for r in ranked:
+                log.info("    trial %d: %.6g ± %.2g over %d run(s), params %s", r["trial"], r["mean"], r["std"],
+                         r["runs"], r["params"])
+            results["repeats"] = [{k: r[k] for k in ("trial", "mean", "std", "runs", "params")} for r in ranked]
     elif complete:
         front = study.best_trials
         log.info("Pareto front: %d trial(s)", len(front))

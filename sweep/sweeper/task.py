@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sweep.attrs import (DEADLINE, FAILED_TRIAL, PAUSED, PROMOTED, RESUMABLE, RUN_DIR, STOP_REASON, STORAGE_ENV,
-                         STUDY_ENV, TRIAL_ENV)
+from sweep.attrs import (DEADLINE, FAILED_TRIAL, PAUSED, PROMOTED, REPEAT_OF, RESUMABLE, RUN_DIR, STOP_REASON,
+                         STORAGE_ENV, STUDY_ENV, TRIAL_ENV)
 from sweep.errors import UserError
 
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
@@ -98,7 +98,8 @@ class SweepTrial:
         self.deadline = frozen.system_attrs.get(DEADLINE)
         self._values = dict(frozen.intermediate_values)
         self._reported = set(frozen.intermediate_values)
-        self._prunes = type(study.pruner).__name__ != "NopPruner"
+        # A repeat (hydra.sweeper.repeats) measures its configuration's spread: it runs to the end.
+        self._prunes = type(study.pruner).__name__ != "NopPruner" and REPEAT_OF not in frozen.user_attrs
         self._light, self._study_attrs, self._rungs, self._pruning_study = None, None, None, None
         self._system_attrs = dict(frozen.system_attrs)
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
