@@ -23,6 +23,17 @@ def commit() -> str:
     return f"{sha}{' (with uncommitted changes)' if dirty else ''}" if sha else "unknown"
 
 
+def upstream_conf(folder: Path) -> Path:
+    """sweep.train's configs in folder, without the sweeper settings hydra-optuna-sweeper does not have."""
+    root = Path(__file__).resolve().parents[1]
+    conf = folder / "conf"
+    subprocess.run(["cp", "-r", str(root / "conf"), str(conf)], check=True)
+    text = (conf / "config.yaml").read_text().splitlines()
+    ours = ("metric_names", "check:", "seed_key:", "override hydra/sweeper", "override hydra/launcher", "override hydra/help")
+    (conf / "config.yaml").write_text("\n".join(line for line in text if not any(k in line for k in ours)) + "\n")
+    return conf
+
+
 def header(title: str) -> None:
     """What every benchmark prints first: the command, the machine (CPU model and what its matmuls can use),
     torch, the commit, and how busy the machine was."""

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 
+import pages
 from common import CIFAR_JPEG, header
 from sweep.mlp.model import MLP
 from sweep.mlp.train import CONF_DIR, train
@@ -100,6 +101,7 @@ def main() -> None:
     parser.add_argument("--tutorial-epochs", type=int, default=2, help="tutorial-pipeline epochs (median reported)")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader workers of the tutorial pipeline")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--save", action="store_true", help="keep the tables for the docs (bench/pages.py)")
     args = parser.parse_args()
     header("Epoch time: tutorial MLP on CIFAR-10 (JPEG copy), harness vs tutorial pipeline")
 
@@ -115,22 +117,25 @@ def main() -> None:
     peak_square = matmul_gflops(2048, 2048, 2048, args.device)
     peak_layer = matmul_gflops(256, 3072, 128, args.device)
 
-    print("| pipeline | seconds / epoch (median) | speed-up |")
-    print("|---|---|---|")
-    print(f"| tutorial: ImageFolder + ToTensor/Normalize per image, DataLoader({args.workers} workers) | {t:.2f} | 1.0x |")
-    print(f"| sweep harness: uint8 tensors on {args.device}, index-sliced batches, trainer.precision=fp32 | {h:.3f} | **{t / h:.1f}x** |")
-    print(f"| sweep harness, trainer.precision=auto (the default; picks {picked} here) | {b:.3f} | {t / b:.1f}x |")
+    speed = pages.show(["pipeline", f"seconds / epoch (median of {args.epochs}; tutorial: of {args.tutorial_epochs})",
+                        "speed-up"], [
+        [f"tutorial: ImageFolder + ToTensor/Normalize per image, DataLoader ({args.workers} workers)", f"{t:.2f}", "1.0x"],
+        [f"this harness: uint8 tensors on {args.device}, index-sliced batches, `trainer.precision=fp32`", f"{h:.3f}",
+         f"**{t / h:.1f}x**"],
+        [f"this harness, `trainer.precision=auto` (the default; picks {picked} here)", f"{b:.3f}", f"{t / b:.1f}x"]])
     print()
     print(f"harness start-up from the decode cache: {setup:.1f}s; fp32 epochs: {', '.join(f'{s:.3f}' for s in harness)}; "
           f"auto epochs: {', '.join(f'{s:.3f}' for s in auto)}")
     print(f"tutorial epochs: {', '.join(f'{s:.2f}' for s in tutorial)}")
     print()
-    print("| compute | GFLOP/s |")
-    print("|---|---|")
-    print(f"| harness training (forward + backward + validation, {epoch_flops() / 1e9:.1f} GFLOP / epoch) | {achieved:.1f} |")
-    print(f"| plain matmul 2048x2048x2048 | {peak_square:.1f} |")
-    print(f"| plain matmul of the first layer's shape, 256x3072 @ 3072x128 | {peak_layer:.1f} |")
+    compute = pages.show(["compute", "GFLOP/s"], [
+        [f"harness training, fp32 (forward + backward + validation, {epoch_flops() / 1e9:.1f} GFLOP / epoch)", f"{achieved:.1f}"],
+        ["plain fp32 matmul 2048x2048x2048", f"{peak_square:.1f}"],
+        ["plain fp32 matmul of the first layer's shape, 256x3072 @ 3072x128", f"{peak_layer:.1f}"]])
     print(f"\nspeed-up: {t / h:.1f}x (target >= 12x); harness reaches {100 * achieved / peak_square:.0f}% of the square-matmul peak")
+    if args.save:
+        print(f"saved {pages.save('epoch-speed', *speed, 'medians of the epochs, one after the other in one process')}")
+        print(f"saved {pages.save('epoch-compute', *compute, 'one measurement each')}")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from common import conditions, cpu_hogs, header
+import pages
+from common import conditions, cpu_hogs, header, upstream_conf
 
 ROOT = Path(__file__).resolve().parents[1]
 SPHERE = ROOT / "examples" / "sphere.py"
@@ -65,13 +66,7 @@ def start_up(work: Path, rounds: int) -> list[str]:
             args = ["--multirun", "data=digits", "search=digits", "trainer.epochs=1", "hydra.sweeper.n_trials=2",
                     f"data.cache_dir={work / 'cache'}", "hydra.sweeper.study_name=s"]
             if who == "upstream":
-                conf = folder / "conf"
-                subprocess.run(["cp", "-r", str(ROOT / "conf"), str(conf)], check=True)
-                text = (conf / "config.yaml").read_text().splitlines()
-                (conf / "config.yaml").write_text("\n".join(
-                    line for line in text if not any(k in line for k in (
-                        "metric_names", "check:", "override hydra/sweeper", "override hydra/launcher",
-                        "override hydra/help"))) + "\n")
+                conf = upstream_conf(folder)
                 args += [f"--config-path={conf}", "hydra/sweeper=optuna", "hydra/launcher=joblib"]
             else:
                 args += ["hydra.sweeper.report=false"]
@@ -232,8 +227,8 @@ def the_end() -> list[str]:
         start = time.perf_counter()
         write_report(study, Path(tmp))
         seconds = time.perf_counter() - start
-    return [f"the end: the report of a 100-trial study (table, 6 plots, report.html): {seconds:.2f} s, written after "
-            "the sweep's summary line (hydra.sweeper.report=false skips it)"]
+    return ["| the end: writing the report of a 100-trial study (table, 6 plots, report.html), after the sweep's "
+            "summary line | seconds |", "|---|---|", f"| sweep.sweeper.report.write_report | {seconds:.2f} |"]
 
 
 def main() -> None:
@@ -241,20 +236,34 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="instant-task trials per contender")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--load", type=int, default=0, help="also measure beside this many CPU-bound processes")
+    parser.add_argument("--save", action="store_true", help="keep the tables for the docs (bench/pages.py)")
     args = parser.parse_args()
     header("Where a sweep's time goes")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    tables: dict[str, list] = {}  # saved name -> [columns, rows], a row per condition
+    targets = []
     for condition, load in conditions(args.load):
         with tempfile.TemporaryDirectory() as tmp, cpu_hogs(load):
             work = Path(tmp)
-            for title, part in [("1. Start-up", lambda: start_up(work, args.rounds)),
-                                ("2. Per trial", lambda: throughput(work, args.trials, args.rounds)),
-                                ("3a. Per epoch: the study", per_epoch),
-                                ("3b. Per epoch: the worker", lambda: epoch_in_worker(work, args.rounds)),
-                                ("4. The end", the_end)]:
-                print(f"## {title} ({condition}; load average {os.getloadavg()[0]:.1f})\n")
-                print("\n".join(part()), flush=True)
+            for name, title, part in [("startup", "1. Start-up", lambda: start_up(work, args.rounds)),
+                                      ("throughput", "2. Per trial", lambda: throughput(work, args.trials, args.rounds)),
+                                      ("study", "3a. Per epoch: the study", per_epoch),
+                                      ("worker", "3b. Per epoch: the worker", lambda: epoch_in_worker(work, args.rounds)),
+                                      ("end", "4. The end", the_end)]:
+                loadavg = os.getloadavg()[0]
+                print(f"## {title} ({condition}; load average {loadavg:.1f})\n")
+                lines = part()
+                print("\n".join(lines), flush=True)
                 print()
+                columns, rows, notes = pages.parse(lines)
+                saved = tables.setdefault(name, [["condition (load average)"] + columns, []])
+                saved[1] += [[f"{condition} ({loadavg:.1f})"] + row for row in rows]
+                targets += [[title, condition, note.split(" -> ")[0], note.split(" -> ")[1]] for note in notes if " -> " in note]
+    if args.save:
+        spread = f"medians of {args.rounds} interleaved rounds, each contender from a fresh process"
+        for name, (columns, rows) in tables.items():
+            print(f"saved {pages.save(f'overhead-{name}', columns, rows, spread)}")
+        print(f"saved {pages.save('overhead-targets', ['part', 'condition', 'measured (target)', 'result'], targets, spread)}")
 
 
 if __name__ == "__main__":

@@ -19,16 +19,35 @@ RESULTS = ROOT / "docs" / "results"
 BLOCK = re.compile(r"<!-- results: (?P<name>[\w-]+) -->\n.*?<!-- /results -->", re.S)
 
 
-def save(name: str, columns: list[str], rows: list[list[str]], spread: str) -> Path:
-    """Keep one bench's table with where and how it was measured (its machine as bench/common.py describes it)."""
+def measured_here() -> dict:
+    """Where and how a measurement is being made: the command, this machine, today."""
     from sweep.mlp.device import describe
 
-    result = {"name": name, "command": "python " + " ".join(sys.argv), "machine": describe(),
-              "date": datetime.date.today().isoformat(), "spread": spread, "columns": columns, "rows": rows}
+    return {"command": "python " + " ".join(sys.argv), "machine": describe(), "date": datetime.date.today().isoformat()}
+
+
+def save(name: str, columns: list[str], rows: list[list[str]], spread: str, where: dict | None = None) -> Path:
+    """Keep one bench's table with where and how it was measured: here and now, or `where` (measured_here() of the
+    run whose saved traces the table was rebuilt from)."""
+    result = {"name": name, **(where or measured_here()), "spread": spread, "columns": columns, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=1) + "\n")
     return path
+
+
+def parse(lines: list[str]) -> tuple[list[str], list[list[str]], list[str]]:
+    """A printed markdown table back into its columns and rows, and the lines around it (a verdict, a note)."""
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines if line.lstrip().startswith("|")]
+    rows = [r for r in cells[1:] if not all(set(c) <= set("-:") for c in r)]
+    return cells[0] if cells else [], rows, [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("|")]
+
+
+def show(columns: list[str], rows: list[list[str]]) -> tuple[list[str], list[list[str]]]:
+    """Print a table as a bench measured it; returns it for save()."""
+    print("\n".join(["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+                    + ["| " + " | ".join(map(str, row)) + " |" for row in rows]), flush=True)
+    return columns, rows
 
 
 def table(result: dict) -> str:

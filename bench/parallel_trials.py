@@ -12,6 +12,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+import pages
 from common import header, run_sweep
 from sweep.launchers.protocol import cpu_cores
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
     header("Trials per hour by trials in flight (hydra.sweeper.n_jobs)")
     rows = []
@@ -33,11 +35,14 @@ def main() -> None:
                 workdir=Path(tmp))
             assert len(study.trials) == args.trials
             rows.append((k, wall, 3600 * args.trials / wall))
-    print("| trials in flight (n_jobs) | torch threads each | wall seconds | trials / hour | vs k=1 |")
-    print("|---|---|---|---|---|")
     cores = cpu_cores()
-    for k, wall, rate in rows:
-        print(f"| {k} | {max(1, cores // k)} | {wall:.1f} | {rate:.0f} | {rate / rows[0][2]:.2f}x |")
+    columns = ["trials in flight (`hydra.sweeper.n_jobs`)", "torch threads each", "wall seconds", "trials / hour",
+               "vs k=1"]
+    table = [[str(k), str(max(1, cores // k)), f"{wall:.1f}", f"{rate:.0f}", f"{rate / rows[0][2]:.2f}x"]
+             for k, wall, rate in rows]
+    pages.show(columns, table)
+    if args.save:
+        print(f"saved {pages.save('parallel-trials', columns, table, f'one sweep of {args.trials} trials x {args.epochs} epochs each')}")
 
 
 if __name__ == "__main__":

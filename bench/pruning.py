@@ -15,6 +15,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState
 
+import pages
 from common import header, run_sweep
 
 SPACE = ["hydra.sweeper.params=null", "optimizer.lr=tag(log, interval(1e-3, 1e-1))", "model.width=choice(128, 256, 512)",
@@ -25,6 +26,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
     header("Pruning: same trials, same configurations, with and without a pruner")
     rows = []
@@ -39,12 +41,14 @@ def main() -> None:
             epochs = sum(len(t.intermediate_values) for t in done)
             best = max(t.value for t in study.trials if t.state == TrialState.COMPLETE)
             rows.append((pruner, best, epochs, sum(t.state == TrialState.PRUNED for t in study.trials), wall))
-    print("| pruner | best val accuracy | total epochs | pruned trials | wall seconds |")
-    print("|---|---|---|---|---|")
-    for pruner, best, epochs, pruned, wall in rows:
-        print(f"| {pruner} | {best:.4f} | {epochs} | {pruned} / {args.trials} | {wall:.0f} |")
-    (_, b0, e0, _, w0), (_, b1, e1, _, w1) = rows
-    print(f"\npruning used {e0 / e1:.1f}x fewer epochs ({w0 / w1:.1f}x less wall-clock); best accuracy {b1 - b0:+.4f}")
+    (_, b0, e0, _, w0) = rows[0]
+    columns = ["pruner", "best val accuracy", "vs none", "total epochs", "fewer epochs", "pruned trials", "wall seconds",
+               "less wall-clock"]
+    table = [[pruner, f"{best:.4f}", f"{best - b0:+.4f}", str(epochs), f"{e0 / epochs:.1f}x", f"{pruned} / {args.trials}",
+              f"{wall:.0f}", f"{w0 / wall:.1f}x"] for pruner, best, epochs, pruned, wall in rows]
+    pages.show(columns, table)
+    if args.save:
+        print(f"saved {pages.save('pruning', columns, table, 'one sweep each, the same seeded configurations')}")
 
 
 if __name__ == "__main__":

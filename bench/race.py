@@ -35,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import CIFAR_JPEG, header
+import pages
+from common import CIFAR_JPEG, conditions, cpu_hogs, header, upstream_conf
 
 from sweep import atomic
 
@@ -72,12 +73,7 @@ def ours(race: Race, work: Path, seed: int, pruner: list[str]) -> dict:
 
 
 def upstream(race: Race, work: Path, seed: int) -> dict:
-    conf = work / "conf"  # sweep.train's configs without the sweeper settings upstream does not have
-    subprocess.run(["cp", "-r", str(ROOT / "conf"), str(conf)], check=True)
-    text = (conf / "config.yaml").read_text().splitlines()
-    keep = [line for line in text if not any(k in line for k in ("metric_names", "check:", "override hydra/sweeper",
-                                                                  "override hydra/launcher", "override hydra/help"))]
-    (conf / "config.yaml").write_text("\n".join(keep) + "\n")
+    conf = upstream_conf(work)
     (work / "multirun" / "studies").mkdir(parents=True)  # upstream does not make the SQLite file's folder
     # Upstream has no time budget: it is stopped when the budget ends. Set as a user would who expects some
     # trials to diverge: by default upstream ends the sweep at the first failed trial.
@@ -164,6 +160,8 @@ def main() -> None:
     parser.add_argument("--plot", type=Path, help="write the best-so-far curves of the last round here "
                                                   "(and every result, as it comes, next to it as .json)")
     parser.add_argument("--replot", type=Path, help="no race: the table and --plot from a race's saved .json")
+    parser.add_argument("--load", type=int, default=0, help="also race beside this many CPU-bound processes")
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
     cifar = args.data == "cifar10"
     args.epochs = args.epochs or (20 if cifar else 40)
@@ -172,10 +170,13 @@ def main() -> None:
     what = f"{args.data}, {work}, up to {args.epochs} epochs a trial"
     if args.replot:
         runs = json.loads(args.replot.read_text())
-        print(f"# The race as saved in {args.replot}")
-        summarize(runs, args.data, args.budget)
+        where = runs.pop("measured", None)  # the race's command, machine and date
+        print(f"# The race as saved in {args.replot}, measured {where}")
+        columns, rows = summarize(runs, args.data, args.budget)
         if args.plot:
             plot(runs, args.plot, args.data, args.budget, what)
+        if args.save and where:
+            print(f"saved {pages.save(f'race-{args.data}', ['condition'] + columns, [['idle'] + r for r in rows], spread(args), where)}")
         return
     header(f"The race: {what}, 2 at a time, {args.rounds} round(s)")
     cache = None
@@ -196,47 +197,61 @@ def main() -> None:
         del contenders["sweep, median (pool)"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}
-    runs: dict[str, list[dict]] = {name: [] for name in contenders}
-    for r in range(args.rounds):
-        for name, run in contenders.items():
-            with tempfile.TemporaryDirectory() as tmp:
-                result = run(Path(tmp), r)
-            runs[name].append(result)
-            print(f"round {r + 1}: {name}: {result['wall']:.1f} s, first trial at {result['first']:.1f} s, "
-                  f"{result['epochs']} epochs, best {best_of(result):.4f}{' (ended early: failed)' * result['failed']}",
-                  flush=True)
-            if args.plot:  # every result so far, so a race cut short keeps what it measured
-                atomic.write_text(args.plot.with_suffix(".json"), json.dumps(runs, indent=1))
-    summarize(runs, args.data, args.budget)
-    if args.plot:
-        plot(runs, args.plot, args.data, args.budget, what)
+    columns, rows = [], []
+    for condition, load in conditions(args.load):
+        runs: dict[str, list[dict]] = {name: [] for name in contenders}
+        with cpu_hogs(load):
+            for r in range(args.rounds):
+                for name, run in contenders.items():
+                    with tempfile.TemporaryDirectory() as tmp:
+                        result = run(Path(tmp), r)
+                    runs[name].append(result)
+                    print(f"{condition}, round {r + 1}: {name}: {result['wall']:.1f} s, first trial at "
+                          f"{result['first']:.1f} s, {result['epochs']} epochs, best {best_of(result):.4f}"
+                          f"{' (ended early: failed)' * result['failed']}", flush=True)
+                    if args.plot and not load:  # every result so far, so a race cut short keeps what it measured
+                        atomic.write_text(args.plot.with_suffix(".json"),
+                                          json.dumps({**runs, "measured": pages.measured_here()}, indent=1))
+        print(f"\n## {condition} (load average {os.getloadavg()[0]:.1f} at the end)")
+        found = summarize(runs, args.data, args.budget)
+        columns = ["condition"] + found[0]
+        rows += [[condition] + row for row in found[1]]
+        if args.plot and not load:
+            plot(runs, args.plot, args.data, args.budget, what)
+    if args.save:
+        print(f"saved {pages.save(f'race-{args.data}', columns, rows, spread(args))}")
 
 
-def summarize(runs: dict[str, list[dict]], data: str, budget: float | None) -> None:
-    print()
+def spread(args) -> str:
+    return (f"the last of {args.rounds} round(s), {args.budget:.0f} s each" if args.budget else
+            f"medians (range) of {args.rounds} interleaved rounds, each contender from a fresh process")
+
+
+def summarize(runs: dict[str, list[dict]], data: str, budget: float | None) -> tuple[list[str], list[list[str]]]:
+    """The race's table, printed; returned as columns and rows for bench/pages.py."""
     if budget:  # time to accuracy: what each had found by when
         marks = [t for t in (300, 600, 900, 1200, 1800, 3600) if t <= budget]
         targets = DATA[data]["targets"]
-        print("| contender | first trial starts at s | trials | epochs | "
-              + " | ".join(f"best by {t} s" for t in marks) + " | " + " | ".join(f"s to {a}" for a in targets) + " |")
-        print("|---" * (4 + len(marks) + len(targets)) + "|")
+        columns = (["contender", "first trial starts at s", "trials", "epochs"] + [f"best by {t} s" for t in marks]
+                   + [f"s to {a}" for a in targets])
+        rows = []
         for name, results in runs.items():
             x = results[-1]
             by = [max((v for t, v in x["points"] if t <= m), default=math.nan) for m in marks]
             to = [time_to(x["points"], a) for a in targets]
             note = " (ended early: failed)" if x["failed"] else ""
-            print(f"| {name}{note} | {x['first']:.1f} | {len(x['points'])} | {x['epochs']} | "
-                  + " | ".join(f"{v:.4f}" for v in by) + " | "
-                  + " | ".join("-" if t is None else f"{t:.0f}" for t in to) + " |")
-        return
+            rows.append([f"{name}{note}", f"{x['first']:.1f}", str(len(x["points"])), str(x["epochs"])]
+                        + [f"{v:.4f}" for v in by] + ["-" if t is None else f"{t:.0f}" for t in to])
+        print()
+        return pages.show(columns, rows)
     target = DATA[data]["targets"][0]
     tune_wall = statistics.median(x["wall"] for x in runs.get("Ray Tune, ASHA, reuse_actors", [{"wall": float("nan")}]))
-    up_first = statistics.median(x["first"] for x in runs.get("hydra-optuna-sweeper (joblib)", [{"first": float("nan")}]))
-    print(f"| contender | wall s (median) | vs Ray Tune | first trial starts at s | epochs trained | "
-          f"best val acc | s to {target} |")
-    print("|---|---|---|---|---|---|---|")
+    columns = ["contender", "wall s, median (range)", "vs Ray Tune", "first trial starts at s", "epochs trained",
+               "best val acc", f"s to {target}"]
+    rows = []
     for name, results in runs.items():
-        wall = statistics.median(x["wall"] for x in results)
+        walls = [x["wall"] for x in results]
+        wall = statistics.median(walls)
         first = statistics.median(x["first"] for x in results)
         epochs = statistics.median(x["epochs"] for x in results)
         best = statistics.median(best_of(x) for x in results)
@@ -244,10 +259,10 @@ def summarize(runs: dict[str, list[dict]], data: str, budget: float | None) -> N
         reach_s = f"{statistics.median([t for t in reach if t is not None]):.1f}" if any(t is not None for t in reach) else "-"
         failed = sum(x["failed"] for x in results)
         note = f" (failed in {failed} of {len(results)} rounds)" if failed else ""
-        print(f"| {name}{note} | {wall:.1f} | {wall / tune_wall:.2f}x | {first:.1f} | {epochs:.0f} | {best:.4f} | {reach_s} |")
-    if "hydra-optuna-sweeper (joblib)" in runs:
-        ours_first = statistics.median(x["first"] for x in runs[next(iter(runs))])
-        print(f"\nfirst trial vs upstream: ours starts {ours_first - up_first:+.1f} s later (target: no more than +2 s)")
+        rows.append([f"{name}{note}", f"{wall:.1f} ({min(walls):.1f}-{max(walls):.1f})", f"{wall / tune_wall:.2f}x",
+                     f"{first:.1f}", f"{epochs:.0f}", f"{best:.4f}", reach_s])
+    print()
+    return pages.show(columns, rows)
 
 
 def plot(runs: dict[str, list[dict]], path: Path, data: str, budget: float | None, what: str) -> None:

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import optuna
 
+import pages
 from common import CIFAR_JPEG, header
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "extras"))
 from pgserver import start_postgres  # noqa: E402
 
 from sweep.sweeper import storage as st  # noqa: E402
@@ -32,7 +33,7 @@ EPOCHS_PER_TRIAL = 30
 
 
 def opened(url: str):
-    return st.open_storage(st.parse(url), heartbeat_interval=30, grace_period=120)
+    return st.open_storage(st.parse(url))
 
 
 def bookkeeping_ms(storage, trials: int = 20) -> float:
@@ -74,6 +75,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--save", action="store_true", help="keep the tables for the docs (bench/pages.py)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -82,20 +84,22 @@ def main() -> None:
     os.environ.update(pg.env)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            print(f"| storage | bookkeeping per trial ({EPOCHS_PER_TRIAL} epochs reported), ms |")
-            print("|---|---|")
-            for label, storage in [("in-memory (no persistence)", optuna.storages.InMemoryStorage()),
-                                   ("SQLite (default, WAL)", opened(f"sqlite:///{tmp}/s.db")),
-                                   ("journal file", opened(f"journal:///{tmp}/j.log")),
-                                   ("PostgreSQL on loopback", opened(pg.url))]:
-                print(f"| {label} | {bookkeeping_ms(storage):.1f} |")
+            cost = pages.show(["storage", f"bookkeeping per trial ({EPOCHS_PER_TRIAL} epochs reported), ms"], [
+                [label, f"{bookkeeping_ms(storage):.1f}"] for label, storage in [
+                    ("in-memory (no persistence)", optuna.storages.InMemoryStorage()),
+                    ("SQLite (default, WAL)", opened(f"sqlite:///{tmp}/s.db")),
+                    ("journal file", opened(f"journal:///{tmp}/j.log")),
+                    ("PostgreSQL on loopback", opened(pg.url))]])
             print()
-            rows = [(k, sweep_workers(pg, k, args.trials, args.epochs, Path(tmp))) for k in (1, 2)]
-        print("| sweep processes on one PostgreSQL study | torch threads each | wall seconds | trials / hour | vs 1 |")
-        print("|---|---|---|---|---|")
-        for k, wall in rows:
-            rate = 3600 * args.trials / wall
-            print(f"| {k} | {2 // k} | {wall:.1f} | {rate:.0f} | {rate / (3600 * args.trials / rows[0][1]):.2f}x |")
+            walls = [(k, sweep_workers(pg, k, args.trials, args.epochs, Path(tmp))) for k in (1, 2)]
+        one = 3600 * args.trials / walls[0][1]
+        shared = pages.show(
+            ["sweep processes on one PostgreSQL study", "torch threads each", "wall seconds", "trials / hour", "vs 1"],
+            [[str(k), str(2 // k), f"{wall:.1f}", f"{3600 * args.trials / wall:.0f}", f"{3600 * args.trials / wall / one:.2f}x"]
+             for k, wall in walls])
+        if args.save:
+            print(f"saved {pages.save('storage-cost', *cost, 'the mean over 20 trials of each storage')}")
+            print(f"saved {pages.save('storage-shared', *shared, f'one sweep each, {args.trials} trials x {args.epochs} epochs')}")
     finally:
         pg.remove()
 
