@@ -204,6 +204,7 @@ class OptunaPolicy:
             "tpe-liar": lambda: optuna.samplers.TPESampler(seed=seed, constant_liar=True),
             "budget": lambda: BudgetSampler(seed=seed),
             "budget-noliar": lambda: BudgetSampler(seed=seed, constant_liar=False),
+            "budget-across": lambda: BudgetSampler(seed=seed, rungs="across"),
         }
         pruners = {
             "none": optuna.pruners.NopPruner,
@@ -303,6 +304,8 @@ CONTENDERS = {
     "ours: budget + hyperband": ("budget", "hyperband", False),
     "ours: tpe + asha (promotion)": ("tpe", "asha", False),
     "ours: budget + asha (promotion)": ("budget", "asha", False),
+    "ours: budget across rungs + median": ("budget-across", "median", False),
+    "ours: budget across rungs + asha": ("budget-across", "asha", False),
 }
 
 

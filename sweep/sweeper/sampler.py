@@ -6,6 +6,10 @@ answer (Falkner et al., 2018): fit the model at the largest budget (step) that e
 trial's best value up to that budget, so a trial stopped there counts as much as one that went on. Early on that
 budget is a low rung; it rises as trials get further.
 
+With `rungs="across"` every finished trial counts at the largest step it reached, scored by where it stood there
+among the trials that reached that step too (a quantile, 1 = best): a model across budgets in the spirit of
+Hyper-Tune and MOBSTER, on the same view.
+
 Built on Optuna's public API: the wrapped sampler sees an in-memory study of those values instead of the sweep's.
 """
 
@@ -27,14 +31,16 @@ class BudgetSampler(BaseSampler):
     Without intermediate values (an app that never reports) it is the wrapped sampler on the study itself."""
 
     def __init__(self, sampler: BaseSampler | None = None, *, min_trials: int = 10, constant_liar: bool = True,
-                 **tpe: Any) -> None:
+                 rungs: str = "top", **tpe: Any) -> None:
         """`tpe`: TPESampler's own arguments (seed, n_startup_trials, ...), for the TPE made when `sampler` is None."""
         with warnings.catch_warnings():  # Optuna 4 calls constant_liar experimental; the choice is ours, not the user's
             warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
             self._base = sampler or TPESampler(constant_liar=constant_liar, **tpe)
         if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
             raise ValueError(f"min_trials={min_trials!r}: expected an integer >= 1")
-        self._min_trials = min_trials
+        if rungs not in ("top", "across"):
+            raise ValueError(f"rungs={rungs!r}: expected top or across")
+        self._min_trials, self._across = min_trials, rungs == "across"
         self._views: dict[int, tuple[optuna.Study, FrozenTrial]] = {}
 
     def reseed_rng(self) -> None:
@@ -61,13 +67,11 @@ class BudgetSampler(BaseSampler):
         if step is None or len(study.directions) > 1:
             self._views = {trial.number: (study, trial)}
             return study, trial
-        best = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-        view = _quiet_study(study.direction)
-        for t in finished:
-            values = [v for s, v in t.intermediate_values.items() if s <= step and math.isfinite(v)]
-            if max(t.intermediate_values, default=-1) >= step and values:
-                view.add_trial(optuna.trial.create_trial(
-                    params=t.params, distributions=t.distributions, value=best(values)))
+        maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+        view = _quiet_study("maximize" if self._across else study.direction)
+        scored = _quantiles(finished, maximize) if self._across else _at_budget(finished, step, maximize)
+        for t, value in scored:
+            view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
         for t in trials:  # the running ones, for constant_liar
             if t.state == TrialState.RUNNING and t.number != trial.number and t.params:
                 view.add_trial(optuna.trial.create_trial(
@@ -92,6 +96,32 @@ class BudgetSampler(BaseSampler):
     def after_trial(self, study, trial, state, values) -> None:
         self._views.pop(trial.number, None)
         self._base.after_trial(study, trial, state, values)
+
+
+def _best_up_to(t: FrozenTrial, step: int, maximize: bool) -> float | None:
+    values = [v for s, v in t.intermediate_values.items() if s <= step and math.isfinite(v)]
+    return (max if maximize else min)(values) if values else None
+
+
+def _at_budget(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tuple[FrozenTrial, float]]:
+    """BOHB: each trial that reached `step`, with its best value up to it."""
+    found = [(t, _best_up_to(t, step, maximize)) for t in trials if max(t.intermediate_values, default=-1) >= step]
+    return [(t, v) for t, v in found if v is not None]
+
+
+def _quantiles(trials: list[FrozenTrial], maximize: bool) -> list[tuple[FrozenTrial, float]]:
+    """Across budgets: each trial at the largest step it reached, scored by the share of the trials that reached that
+    step whose best up to it was worse (ties count half): 1 is the best there, 0 the worst."""
+    reached = [(t, max(t.intermediate_values)) for t in trials if t.intermediate_values]
+    scored = []
+    for t, step in reached:
+        mine = _best_up_to(t, step, maximize)
+        peers = [v for u, s in reached if s >= step and (v := _best_up_to(u, step, maximize)) is not None]
+        if mine is None or len(peers) < 2:
+            continue
+        worse = sum((v < mine) if maximize else (v > mine) for v in peers) + 0.5 * (sum(v == mine for v in peers) - 1)
+        scored.append((t, worse / (len(peers) - 1)))
+    return scored
 
 
 def _quiet_study(direction) -> optuna.Study:

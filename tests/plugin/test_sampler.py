@@ -58,6 +58,17 @@ def test_the_budget_rises_as_trials_get_further_and_minimizing_keeps_the_lowest_
     assert sorted(seen.seen, key=lambda s: s[1]) == [(TrialState.COMPLETE, 0.1, 0.5), (TrialState.COMPLETE, 0.2, 0.4)]
 
 
+def test_across_rungs_every_trial_counts_by_where_it_stood_at_its_last_epoch():
+    seen = Seen()
+    study = optuna.create_study(direction="minimize", sampler=BudgetSampler(seen, min_trials=2, rungs="across"))
+    study.add_trial(_trial(0.1, [0.9, 0.5, 0.7], TrialState.PRUNED))  # at epoch 3: worse than 0.2's 0.4
+    study.add_trial(_trial(0.2, [0.8, 0.6, 0.4, 0.3]))                # at epoch 4: alone there, so it is not scored
+    study.add_trial(_trial(0.3, [0.4], TrialState.PRUNED))            # at epoch 1: best of the three there
+    study.ask(SPACE)
+    # The view maximizes a quantile among the trials that reached the same epoch: 1 best, 0 worst.
+    assert sorted(seen.seen, key=lambda s: s[1]) == [(TrialState.COMPLETE, 0.1, 0.0), (TrialState.COMPLETE, 0.3, 1.0)]
+
+
 def test_without_reported_epochs_the_wrapped_sampler_sees_the_study_itself():
     seen = Seen()
     study = optuna.create_study(sampler=BudgetSampler(seen, min_trials=1))
