@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
 
+import pages
 from common import header
 from sweep.mlp.train import CONF_DIR, train
 from sweep.mlp.config import register_resolvers
@@ -64,10 +65,9 @@ def main() -> None:
         hist = (out / "epochs" / "history.csv").read_text().splitlines()[1:]
         seconds = [float(r.split(",")[-1]) for r in hist]
         rows.append((label, min(seconds[1:]), time.perf_counter() - start, metrics["device"]))
-    print("| config (50,000 CIFAR-10-sized images, 5,000 val) | seconds / epoch (best of epochs 2-4) | device |")
-    print("|---|---|---|")
-    for label, sec, _, dev in rows:
-        print(f"| {label} | {sec:.3f} | {dev} |")
+    table = pages.show(["config (50,000 CIFAR-10-sized images, 5,000 val)", "seconds / epoch (best of epochs 2-4)",
+                        "device"], [[label, f"{sec:.3f}", dev] for label, sec, _, dev in rows])
+    print(f"saved {pages.save('gpu-epochs', *table, 'the best of epochs 2-4 of one run each')}")
 
     # The pool on every visible GPU, two trials per GPU: each trial records the CUDA_VISIBLE_DEVICES it was given.
     sweep = subprocess.run([sys.executable, "-m", "sweep.train", "--multirun", "data=digits", "search=digits",

@@ -118,20 +118,23 @@ def throughput(work: Path, trials: int, rounds: int) -> list[str]:
             assert result.returncode == 0, result.stderr[-2000:]
             study = optuna.load_study(study_name="s", storage=storage)
             ends = sorted(t.datetime_complete.timestamp() for t in study.trials)
+            exit_lag = began + wall - ends[-1]  # the last trial's end to the process's exit (summary, report, shutdown)
             steady = (len(ends) - 21) / (ends[-1] - ends[20]) if len(ends) > 30 else float("nan")
             run = [t.user_attrs["run_seconds"] for t in study.trials if "run_seconds" in t.user_attrs]
             wait = [t.user_attrs["startup_seconds"] for t in study.trials[20:] if "startup_seconds" in t.user_attrs]
             results[name].append({"rate": trials / wall, "steady": steady, "run": statistics.median(run) if run else None,
-                                  "wait": statistics.median(wait) if wait else None})
+                                  "wait": statistics.median(wait) if wait else None, "exit": exit_lag})
     rows = [f"| instant tasks: {trials} sphere trials, 2 at a time, SQLite | trials/s end to end | steady | "
-            "a job in its worker, ms | waiting for a worker, ms |", "|---|---|---|---|---|"]
+            "a job in its worker, ms | waiting for a worker, ms | exit after the last trial, s |", "|---|---|---|---|---|---|"]
     for name, rs in results.items():
         rate = statistics.median(x["rate"] for x in rs)
         steady = statistics.median(x["steady"] for x in rs)
         run = [x["run"] for x in rs if x["run"] is not None]
         wait = [x["wait"] for x in rs if x["wait"] is not None]
+        lag = statistics.median(x["exit"] for x in rs)
         rows.append(f"| {name} | {rate:.2f} | {steady:.2f} | {1000 * statistics.median(run):.0f} |"
-                    f" {1000 * statistics.median(wait):.0f} |" if run else f"| {name} | {rate:.2f} | {steady:.2f} | - | - |")
+                    f" {1000 * statistics.median(wait):.0f} | {lag:.2f} |" if run else
+                    f"| {name} | {rate:.2f} | {steady:.2f} | - | - | {lag:.2f} |")
     pool = statistics.median(x["rate"] for x in results["sweep, pool launcher"])
     up = statistics.median(x["rate"] for x in results["hydra-optuna-sweeper, basic launcher"])
     rows.append(f"\ninstant-task throughput, pool / upstream on the same storage: {pool / up:.2f}x (target: >= 1) -> "

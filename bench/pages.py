@@ -57,22 +57,30 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def render(text: str) -> str:
-    """The page with each results block written from its saved JSON."""
+def render(text: str, missing: list | None = None) -> str:
+    """The page with each results block written from its saved JSON. A block without one raises, unless `missing`
+    collects its name (the block is then left as it is)."""
     def block(match: re.Match) -> str:
-        result = json.loads((RESULTS / f"{match['name']}.json").read_text())
+        path = RESULTS / f"{match['name']}.json"
+        if missing is not None and not path.exists():
+            missing.append(match["name"])
+            return match[0]
+        result = json.loads(path.read_text())
         return f"<!-- results: {match['name']} -->\n{table(result)}\n<!-- /results -->"
 
     return BLOCK.sub(block, text)
 
 
 def main() -> None:
+    missing: list[str] = []
     for page in sorted((ROOT / "docs").glob("*.md")):
         text = page.read_text()
-        new = render(text)
+        new = render(text, missing)
         if new != text:
             page.write_text(new)
             print(f"wrote {page.relative_to(ROOT)}")
+    for name in missing:
+        print(f"no saved results yet: docs/results/{name}.json (its block is left as it is)")
 
 
 if __name__ == "__main__":

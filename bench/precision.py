@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+import pages
 from common import header
 from threads import measure
 
@@ -20,6 +21,7 @@ PRESET = ["+experiment=cifar10_mlp_best"]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
     import torch
 
@@ -35,10 +37,12 @@ def main() -> None:
         m = measure([*PRESET, f"trainer.precision={precision}"], "auto", {}, 3 if emulated else args.steps,
                     warmup=1 if emulated else 5)
         rows[precision] = m["step"] * m["steps_per_epoch"]
-    print("| trainer.precision | seconds / epoch (estimated from the median step) | vs fp32 |")
-    print("|---|---|---|")
-    for precision, seconds in rows.items():
-        print(f"| {precision} | {seconds:.1f} | {seconds / rows['fp32']:.2f}x |")
+    picked = choose_precision("auto", cpu)
+    table = pages.show(["`trainer.precision`", "seconds / epoch (the median step x steps)", "vs fp32"], [
+        [f"auto (picks {picked} here)" if p == "auto" else p + (" (forced: emulated)" if p == "bf16" and not bf16_native(cpu) else ""),
+         f"{seconds:,.1f}", f"{seconds / rows['fp32']:.2f}x"] for p, seconds in rows.items()])
+    if args.save:
+        print(f"saved {pages.save('precision', *table, f'the median of {args.steps} steps after 5 of warm-up, each setting in a fresh process')}")
     print()
     print(f"auto is {rows['auto'] / rows['fp32']:.2f}x fp32's epoch time (target <= 1.30 on a CPU without native bf16)")
 

@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 
+import pages
 from common import CIFAR_JPEG, header
 
 PRESETS = {
@@ -91,6 +92,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="measure only the settings whose label starts with one of these")
     parser.add_argument("--child")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
     args = parser.parse_args()
     if args.child:
         return child(json.loads(args.child), args.steps, args.warmup)
@@ -116,14 +118,13 @@ def main() -> None:
                 h.wait()
     results = {key: sorted(v)[len(v) // 2] for key, v in rounds.items()}
     print()
-    print("| load | model | " + " | ".join(labels) + " |")
-    print("|---|---|" + "---|" * len(labels))
-    for load in ("idle", "2 busy processes"):
-        for preset in PRESETS:
-            cells = [f"{results[(load, preset, label)]:.1f} s ({min(rounds[(load, preset, label)]):.1f}-"
-                     f"{max(rounds[(load, preset, label)]):.1f})" for label in labels]
-            print(f"| {load} | {preset} | " + " | ".join(cells) + " |")
+    table = pages.show(["load", "model", *labels], [
+        [load, preset, *(f"{results[(load, preset, label)]:.1f} s ({min(rounds[(load, preset, label)]):.1f}-"
+                         f"{max(rounds[(load, preset, label)]):.1f})" for label in labels)]
+        for load in ("idle", "2 busy processes") for preset in PRESETS])
     print("(each cell: the median of the rounds, and their range)")
+    if args.save:
+        print(f"saved {pages.save('threads', *table, f'each cell the median epoch (range) of {args.rounds} rounds, the settings taking turns')}")
     print()
     for preset in PRESETS if AUTO in labels and "1 thread" in labels else ():
         idle_best = min(results[("idle", preset, label)] for label in labels)
