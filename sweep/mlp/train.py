@@ -29,7 +29,7 @@ import sweep
 from sweep import atomic, tracking
 from sweep.mlp.config import check_config, register_resolvers
 from sweep.mlp.data import Loader, build_splits
-from sweep.mlp.device import choose_precision, resolve_device
+from sweep.mlp.device import auto_threads, choose_precision, cpu_cores, others_running, resolve_device
 from sweep.errors import EXIT_INTERRUPTED, UserError, exit_with, first_line, hydra_error
 from sweep.mlp.model import build_model, build_optimizer, count_parameters
 
@@ -201,10 +201,18 @@ def tracked_params(cfg: DictConfig) -> dict:
 
 
 def apply_threads(setting) -> None:
-    """trainer.threads: a count; or auto/null: torch's default (one per core, or cores / n_jobs in a pool worker),
-    with OpenMP's passive waiting set above."""
+    """trainer.threads: a count; null: torch's default (one per core, or cores / n_jobs in a pool worker); auto: the
+    same, but no more than the cores other processes leave free when the run starts. OpenMP's passive waiting is
+    set before torch loads."""
     if isinstance(setting, int):
         torch.set_num_threads(setting)
+    elif setting == "auto":
+        threads = torch.get_num_threads()
+        wanted = auto_threads(threads, cpu_cores(), others_running())
+        if wanted != threads:
+            log.info("trainer.threads=auto: %d thread(s), as other processes keep %d of %d cores busy",
+                     wanted, cpu_cores() - wanted, cpu_cores())
+            torch.set_num_threads(wanted)
 
 
 def _cache_dir(cfg: DictConfig) -> Path | None:

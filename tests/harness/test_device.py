@@ -55,3 +55,46 @@ def test_explicit_fp32_and_bf16_are_kept(cpu_with):
 def test_the_machine_line_names_the_cpu_and_its_capability():
     line = device.describe()
     assert device.cpu_name() in line and torch.backends.cpu.get_cpu_capability() in line and torch.__version__ in line
+
+
+@pytest.mark.parametrize("threads, cores, others, expected", [
+    (2, 2, 0, 2),   # idle: torch's own count
+    (2, 2, 2, 1),   # two CPU-bound neighbours on 2 cores: one thread
+    (2, 2, 1, 1),   # one core left
+    (8, 8, 3, 5),
+    (1, 2, 0, 1),   # a pool worker's share is never raised
+    (4, 4, 10, 1),  # never below one
+])
+def test_auto_threads_leave_the_cores_others_use(threads, cores, others, expected):
+    assert device.auto_threads(threads, cores, others) == expected
+
+
+def test_a_busy_machine_gives_an_auto_run_fewer_threads(monkeypatch):
+    from sweep.mlp.train import apply_threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr("sweep.mlp.train.cpu_cores", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr("sweep.mlp.train.others_running", lambda: 2.0)
+        apply_threads("auto")
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(2)
+        apply_threads(None)  # null keeps torch's default whatever the load
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_cpu_bound_neighbour_is_counted():
+    import subprocess
+    import sys
+
+    hog = subprocess.Popen([sys.executable, "-c", "print('ready', flush=True)\nwhile True: pass"],
+                           stdout=subprocess.PIPE, text=True)
+    try:
+        assert hog.stdout.readline().strip() == "ready"  # spinning from here on: always runnable
+        assert device.others_running() >= 1
+    finally:
+        hog.kill()
+        hog.wait()
