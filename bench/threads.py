@@ -27,7 +27,7 @@ PRESETS = {
     "tutorial MLP [128], batch 256": ["+experiment=tutorial"],
     "best preset 2x2048 BN, batch 128": ["+experiment=cifar10_mlp_best", "trainer.precision=fp32"],
 }
-AUTO = "auto (sweep's default: 2 threads, OMP_WAIT_POLICY=PASSIVE)"
+AUTO = "auto (the default: passive waiting, no more threads than the free cores)"
 SETTINGS = {  # label -> (trainer.threads, extra environment)
     "2 threads (torch default)": ("null", {}),
     "1 thread": ("1", {}),
