@@ -96,10 +96,10 @@ class Scheduler:
         origins = sorted({r.origin for r in todo})
         log.info("Repeats: %d run(s) of the best configuration(s) (trial %s) with other seeds", len(todo),
                  ", ".join(map(str, origins)))
-        self.repeating = True
         self._target = len(self.asked) + len(todo)
         self.progress.n_trials += len(todo)
         self._loop(stop_asking_at, deadline)
+        self._end_paused()  # paused trials of a dead sweep, adopted meanwhile
 
     def _loop(self, stop_asking_at: float, deadline: float | None) -> None:
         limits = self.limits
