@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import platform
 import time
 from functools import cache
@@ -20,6 +19,7 @@ import torch
 
 from sweep import atomic
 from sweep.errors import UserError
+from sweep.launchers.protocol import cpu_cores
 
 log = logging.getLogger(__name__)
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with native bf16 matmuls
@@ -45,11 +45,6 @@ def auto_threads(threads: int, cores: int, others: float) -> int:
     (at least one). On 2 cores beside two CPU-bound processes, the tutorial MLP's epoch took 2.4x longer with 2
     threads than with 1 (bench/threads.py), even with passive waiting."""
     return max(1, min(threads, math.floor(cores - others + 0.5)))
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def others_running(samples: int = 5, pause: float = 0.01) -> float:

@@ -29,8 +29,9 @@ import sweep
 from sweep import atomic, tracking
 from sweep.mlp.config import check_config, register_resolvers
 from sweep.mlp.data import Loader, build_splits
-from sweep.mlp.device import auto_threads, choose_precision, cpu_cores, others_running, resolve_device
+from sweep.mlp.device import auto_threads, choose_precision, others_running, resolve_device
 from sweep.errors import EXIT_INTERRUPTED, UserError, exit_with, first_line, hydra_error
+from sweep.launchers.protocol import cpu_cores
 from sweep.mlp.model import build_model, build_optimizer, count_parameters
 
 # Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
@@ -207,11 +208,11 @@ def apply_threads(setting) -> None:
     if isinstance(setting, int):
         torch.set_num_threads(setting)
     elif setting == "auto":
-        threads = torch.get_num_threads()
-        wanted = auto_threads(threads, cpu_cores(), others_running())
+        threads, cores = torch.get_num_threads(), cpu_cores()
+        wanted = auto_threads(threads, cores, others_running())
         if wanted != threads:
             log.info("trainer.threads=auto: %d thread(s), as other processes keep %d of %d cores busy",
-                     wanted, cpu_cores() - wanted, cpu_cores())
+                     wanted, cores - wanted, cores)
             torch.set_num_threads(wanted)
 
 

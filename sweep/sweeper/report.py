@@ -170,8 +170,9 @@ def _cell_value(value):
     return json.dumps(value, default=str)
 
 
-def headline(study: optuna.Study, table: pd.DataFrame) -> str:
-    """The report's first lines: the best trial, its parameters and value, the sweep's wall time, trials by state."""
+def headline(study: optuna.Study, table: pd.DataFrame, ranked: list[dict]) -> str:
+    """The report's first lines: the best trial, its parameters and value, the sweep's wall time, trials by state,
+    and the best mean over seeds when configurations were repeated (`ranked`: repeats.ranking)."""
     trials = study.get_trials(deepcopy=False)
     objs = objectives(study)
     counts = table["state"].value_counts().to_dict()
@@ -187,7 +188,6 @@ def headline(study: optuna.Study, table: pd.DataFrame) -> str:
         best = study.best_trial
         params = ", ".join(f"{k}={_cell(v)}" for k, v in best.params.items()) or "no swept parameters"
         lines.append(f"Best: trial {best.number}, {objs[0][0]} = {best.value:.6g}, with {params}.")
-        ranked = ranking(trials, objs[0][1])
         if ranked:
             top = ranked[0]
             lines.append(f"Best mean over seeds: trial {top['trial']}, {objs[0][0]} = {top['mean']:.6g} ± "
@@ -453,9 +453,10 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     draw("importance.png", plot_importance, study, objs)
     if len(objs) == 1:
         draw("cost.png", plot_cost, table, metric, maximize)
-    top = headline(study, table)
+    ranked = ranking(trials, maximize) if len(objs) == 1 else []  # hydra.sweeper.repeats
+    top = headline(study, table, ranked)
     sections = []
-    if len(objs) == 1 and (ranked := ranking(trials, maximize)):
+    if ranked:
         sections.append(("Repeated configurations, best mean first", repeats_table(ranked, metric)))
     atomic.write_text(out_dir / "report.md", top + "\n\n" + "".join(
         f"## {title}\n\n{markdown(part)}\n" for title, part in sections) + markdown(table))

@@ -28,6 +28,11 @@ log = logging.getLogger(__name__)
 FINISHED = getattr(optuna.exceptions, "UpdateFinishedTrialError", RuntimeError)
 
 
+def _started(deadline: float | None) -> dict:
+    """A new trial's system attributes: its first heartbeat, and when hydra.sweeper.time_budget runs out."""
+    return {HEARTBEAT: time.time(), **({DEADLINE: deadline} if deadline is not None else {})}
+
+
 class StudyHandle:
     def __init__(self, spec: st.Storage, name: str | None, directions: list[str], sampler: Any, pruner: Any,
                  metric_names: list[str] | None, heartbeat_interval: int, grace_period: int, retries: int):
@@ -114,9 +119,8 @@ class StudyHandle:
         with warnings.catch_warnings():  # samplers warn about what they cannot do jointly; the space is the user's
             warnings.simplefilter("ignore", UserWarning)
             trial = self.study.ask(fixed_distributions=distributions)
-        attrs = {HEARTBEAT: time.time(), **({DEADLINE: deadline} if deadline is not None else {})}
         trial_id = self.trial_id(trial.number)
-        for key, value in attrs.items():
+        for key, value in _started(deadline).items():
             self.backend.set_trial_system_attr(trial_id, key, value)
         return trial
 
@@ -125,7 +129,7 @@ class StudyHandle:
         """A trial of given parameters, RUNNING from the start with its heartbeat (hydra.sweeper.repeats)."""
         template = optuna.trial.create_trial(
             state=TrialState.RUNNING, params=params, distributions=distributions, user_attrs=user_attrs,
-            system_attrs={HEARTBEAT: time.time(), **({DEADLINE: deadline} if deadline is not None else {})})
+            system_attrs=_started(deadline))
         trial_id = self.backend.create_new_trial(self.study_id, template_trial=template)
         number = self.backend.get_trial_number_from_id(trial_id)
         self._ids[number] = trial_id
