@@ -28,10 +28,11 @@ def trainable(config: dict) -> None:
 
     from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS, train
     from sweep.mlp.config import register_resolvers
+    from sweep.sweeper.space import override_value
     register_resolvers()
 
     torch.set_num_threads(1)  # one CPU per trial, as the pool gives each of two workers on two cores
-    overrides = [f"{k}={v}" for k, v in config["params"].items()] + list(config["fixed"])
+    overrides = [f"{k}={override_value(v)}" for k, v in config["params"].items()] + list(config["fixed"])
     with initialize_config_dir(config_dir=CONF_DIR, **HYDRA_DEFAULTS):
         cfg = compose("config", overrides=overrides)
     started = time.time() - STARTED
@@ -59,43 +60,36 @@ def trainable(config: dict) -> None:
         tune.report({"val_accuracy": 0.0, "epoch": 1, "started": started})
 
 
+def search_space(name: str) -> dict:
+    """conf/search/NAME.yaml's hydra.sweeper.params as Optuna distributions, parsed by the sweeper's own parser."""
+    from omegaconf import OmegaConf
+
+    from sweep.mlp.train import CONF_DIR
+    from sweep.sweeper.space import SearchSpace
+
+    params = OmegaConf.load(Path(CONF_DIR) / "search" / f"{name}.yaml").hydra.sweeper.params
+    return SearchSpace.parse(OmegaConf.to_container(params), []).distributions
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--trials", type=int, default=40)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--space", choices=["digits", "cifar10"], default="digits")
+    parser.add_argument("--space", default="digits", help="a space in conf/search/, read as the sweeper reads it")
     parser.add_argument("--budget", type=float, help="seconds: Tune's time_budget_s")
     parser.add_argument("--fixed", nargs="*", default=None, help="sweep.train overrides every trial gets")
     parser.add_argument("--default-actors", action="store_true", help="Ray's default reuse_actors=False")
     args = parser.parse_args()
 
-    import optuna
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    d = optuna.distributions
-    spaces = {
-        "digits": {  # conf/search/digits.yaml, as the sweeper reads it
-            "params/model.depth": d.IntDistribution(1, 2),
-            "params/model.width": d.CategoricalDistribution([32, 64, 128]),
-            "params/optimizer": d.CategoricalDistribution(["sgd", "adamw"]),
-            "params/optimizer.lr": d.FloatDistribution(1e-3, 3e-1, log=True),
-            "params/optimizer.weight_decay": d.FloatDistribution(1e-6, 1e-2, log=True),
-            "params/model.dropout": d.FloatDistribution(0.0, 0.3),
-        },
-        "cifar10": {  # conf/search/tutorial.yaml
-            "params/optimizer.lr": d.FloatDistribution(1e-3, 3e-1, log=True),
-            "params/optimizer.momentum": d.FloatDistribution(0.8, 0.99),
-            "params/optimizer.weight_decay": d.FloatDistribution(1e-6, 1e-2, log=True),
-            "params/data.batch_size": d.CategoricalDistribution([128, 256, 512]),
-        },
-    }
-    space = spaces[args.space]
+    space = {f"params/{k}": v for k, v in search_space(args.space).items()}
     search = OptunaSearch(space, metric="val_accuracy", mode="max", seed=args.seed)
     asha = ASHAScheduler(time_attr="epoch", max_t=args.epochs, grace_period=1, reduction_factor=4)
     args.out.mkdir(parents=True, exist_ok=True)
