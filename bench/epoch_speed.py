@@ -23,7 +23,8 @@ from hydra import compose, initialize_config_dir
 import pages
 from common import CIFAR_JPEG, header
 from sweep.mlp.model import MLP
-from sweep.mlp.train import CONF_DIR, train
+from sweep.mlp.config import CONF_DIR
+from sweep.mlp.train import train
 from sweep.mlp.config import register_resolvers
 
 register_resolvers()  # ${mlp_layers:...} in conf/model/mlp.yaml

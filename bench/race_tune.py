@@ -26,8 +26,8 @@ def trainable(config: dict) -> None:
     from hydra import compose, initialize_config_dir
     from ray import tune
 
-    from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS, train
-    from sweep.mlp.config import register_resolvers
+    from sweep.mlp.config import CONF_DIR, HYDRA_DEFAULTS, register_resolvers
+    from sweep.mlp.train import train
     from sweep.sweeper.space import override_value
     register_resolvers()
 
@@ -64,7 +64,7 @@ def search_space(name: str) -> dict:
     """conf/search/NAME.yaml's hydra.sweeper.params as Optuna distributions, parsed by the sweeper's own parser."""
     from omegaconf import OmegaConf
 
-    from sweep.mlp.train import CONF_DIR
+    from sweep.mlp.config import CONF_DIR
     from sweep.sweeper.space import SearchSpace
 
     params = OmegaConf.load(Path(CONF_DIR) / "search" / f"{name}.yaml").hydra.sweeper.params

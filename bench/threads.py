@@ -45,8 +45,8 @@ def child(overrides: list[str], steps: int, warmup: int = 5) -> None:
     from sweep.mlp.data import build_splits
     from sweep.mlp.device import choose_precision, resolve_device
     from sweep.mlp.model import build_model, build_optimizer
-    from sweep.mlp.train import CONF_DIR, apply_threads, autocast
-    from sweep.mlp.config import register_resolvers
+    from sweep.mlp.config import CONF_DIR, register_resolvers
+    from sweep.mlp.train import apply_threads, autocast
     register_resolvers()
 
     with initialize_config_dir(config_dir=CONF_DIR):

@@ -1,4 +1,4 @@
-"""`python -m sweep.train` and `sweep-train`: train one MLP, or sweep it with --multirun (sweep/mlp/train.py)."""
+"""`python -m sweep.train` and `sweep-train`: train one MLP, or sweep it with --multirun (sweep/mlp/app.py)."""
 
 import os
 
@@ -11,8 +11,8 @@ def cli() -> None:
     from sweep.mlp import require
 
     require("sweep-train")
-    # The importable sweep.mlp.train, not a __main__ copy: the launchers' workers find the task by its module.
-    from sweep.mlp.train import cli as run
+    # The importable sweep.mlp.app, not a __main__ copy: the launchers' workers find the task by its module.
+    from sweep.mlp.app import cli as run
 
     run()
 

@@ -199,11 +199,14 @@ class PoolLauncher(AsyncLauncher):
             return mp.get_context("spawn")
         ctx = mp.get_context("forkserver")
         module = getattr(self._task_module, "__name__", None)
-        # The task's module, and what every job needs: Optuna and the storage's database layer, imported once. A
-        # torch task's first optimizer imports torch._dynamo (1.3 s on this project's machine): once, here, too.
+        # The task's module, what it names in SWEEP_PRELOAD (what its task imports when it runs: docs/launchers.md),
+        # and what every job needs: Optuna and the storage's database layer, imported once. A torch task's first
+        # optimizer imports torch._dynamo (1.3 s on this project's machine): once, here, too.
+        named = [m for m in getattr(self._task_module, "SWEEP_PRELOAD", ()) if isinstance(m, str)]
         heavy = ["torch._dynamo"] if "torch" in sys.modules else []
-        ctx.set_forkserver_preload([m for m in ("sweep.launchers.quiet", module, "sweep.launchers.job", "sweep.sweeper.task", "sweep.sweeper.storage", "optuna",
-                                                "sqlalchemy", "cloudpickle", "tblib", *heavy) if m])
+        ctx.set_forkserver_preload(list(dict.fromkeys(
+            m for m in ("sweep.launchers.quiet", module, *named, "sweep.launchers.job", "sweep.sweeper.task",
+                        "sweep.sweeper.storage", "optuna", "sqlalchemy", "cloudpickle", "tblib", *heavy) if m)))
         # A worker forked from the server re-runs a `python -m` main module that the server already imported,
         # and runpy warns about it on the terminal; the server's interpreter flags are copied from ours.
         if "ignore::RuntimeWarning:runpy" not in sys.warnoptions:

@@ -10,11 +10,18 @@ import functools
 import socket
 from pathlib import Path
 
+import hydra
 import omegaconf
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from sweep.checks import Rule, check, flag, integer, number, one_of, optional, text
 from sweep.errors import UserError
+
+# The configs: shipped inside the package (sweep/conf) by a wheel; conf/ beside it in a source checkout.
+CONF_DIR = str(next(p for p in (Path(__file__).resolve().parents[1] / "conf", Path(__file__).resolve().parents[2] / "conf")
+                    if (p / "config.yaml").is_file()))
+# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
+HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
 
 
 def _mlp_layers(width, depth) -> list:

@@ -1,7 +1,6 @@
-"""Training: `train(cfg) -> metrics` is the whole loop; `main` is the Hydra entry point the sweeper calls.
-
-    python -m sweep.train model.hidden_sizes=[256,128]
-    python -m sweep.train --multirun                     # Optuna sweep over conf/search/default.yaml
+"""Training: `train(cfg, out_dir, trial) -> metrics` is the whole loop, from data to the last epoch's metrics.
+sweep/mlp/app.py is the Hydra app around it (`python -m sweep.train`), which imports this module, and torch, only
+when a run starts: a sweep's own process never needs them.
 """
 
 from __future__ import annotations
@@ -11,12 +10,9 @@ import io
 import json
 import logging
 import math
-import os
-import sys
 import time
 from pathlib import Path
 
-import hydra
 import torch
 import torch.nn.functional as F
 from hydra.core.hydra_config import HydraConfig
@@ -27,31 +23,21 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import sweep
 from sweep import atomic, tracking
-from sweep.mlp.config import check_config, register_resolvers
+from sweep.mlp.config import check_config
 from sweep.mlp.data import Loader, build_splits
 from sweep.mlp.device import auto_threads, choose_precision, others_running, resolve_device
-from sweep.errors import EXIT_INTERRUPTED, UserError, exit_with, first_line, hydra_error
+from sweep.errors import UserError
 from sweep.launchers.protocol import cpu_cores
 from sweep.mlp.model import build_model, build_optimizer, count_parameters
-
-# Hydra 1.3 needs version_base=None to keep its working directory and warnings as 1.4 has them; 1.4 wants it gone.
-HYDRA_DEFAULTS = {"version_base": None} if hydra.__version__.startswith("1.3") else {}
 
 log = logging.getLogger(__name__)
 
 # The metric the sweeper maximizes and the report ranks by: the best epoch's validation accuracy.
 METRIC = "val_accuracy"
-# The configs: shipped inside the package (sweep/conf) by a wheel; conf/ beside it in a source checkout.
-CONF_DIR = str(next(p for p in (Path(__file__).resolve().parents[1] / "conf", Path(__file__).resolve().parents[2] / "conf")
-                    if (p / "config.yaml").is_file()))
 ONECYCLE_WARMUP = 0.3  # share of steps spent warming up in the one-cycle schedule
 LAST = "last.pt"  # the resumable state after a recent epoch; removed once the run ends
 CHECKPOINT_SECONDS = 30  # last.pt is rewritten at most this often (and after the first epoch): short epochs don't
                          # pay a checkpoint each, and a resumed run loses at most this much work
-
-
-class Diverged(Exception):
-    """The training loss became NaN or infinite."""
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -293,92 +279,3 @@ def resume(cfg, out_dir: Path, trial, model, optimizer, scheduler, shuffle) -> d
         raise UserError(f"{path} matches this run's config but cannot be resumed ({type(e).__name__}: "
                         f"{str(e).splitlines()[0] if str(e) else ''}); delete it to start the run over") from None
     return {"history": history, "metrics": metrics}
-
-
-@hydra.main(config_path=CONF_DIR, config_name="config", **HYDRA_DEFAULTS)
-def main(cfg: DictConfig) -> float:
-    """Train one model and return its best validation accuracy: the value the sweeper maximizes."""
-    register_resolvers()
-    hydra_cfg = HydraConfig.get()
-    out_dir = Path(hydra_cfg.runtime.output_dir)
-    in_sweep = hydra_cfg.mode == RunMode.MULTIRUN
-    try:
-        trial = sweep.trial()
-        metrics = train(cfg, out_dir, trial)
-        diverged = (f"training diverged: loss became NaN or inf at epoch {metrics['epochs_run']}; "
-                    "lower optimizer.lr or add model.norm=batch")
-        if metrics["status"] == "diverged" and not in_sweep:
-            raise Diverged(diverged)
-    except (UserError, Diverged) as e:
-        if in_sweep:
-            raise  # the sweeper records the trial as FAIL with this reason and goes on
-        exit_with(str(e))
-    except KeyboardInterrupt:
-        if in_sweep:
-            raise
-        exit_with(f"interrupted; rerun the same command to resume from {out_dir / LAST}", EXIT_INTERRUPTED)
-    except (OSError, MemoryError, RuntimeError) as e:  # a full or read-only disk, or out of memory
-        problem = resource_problem(e, out_dir)
-        if problem is None:
-            raise
-        if in_sweep:
-            raise UserError(problem) from None
-        exit_with(problem)
-    for key in ("best_epoch", "epochs_run", "train_seconds", "param_count", "device", "precision", "status"):
-        trial.set_user_attr(key, metrics[key])
-    if metrics["status"] in ("pruned", "paused", "diverged"):
-        import optuna
-
-        # A diverged trial is pruned, not failed: Optuna's samplers learn from pruned trials (ranking one with no
-        # reports last) but skip failed ones, and would keep proposing learning rates that diverge.
-        raise optuna.TrialPruned(diverged if metrics["status"] == "diverged" else f"after epoch {metrics['epochs_run']}")
-    log.info("%s %.4f (best epoch %d of %d, %.1fs)", METRIC, metrics[METRIC], metrics["best_epoch"],
-             metrics["epochs_run"], metrics["train_seconds"])
-    return metrics[METRIC]
-
-
-def resource_problem(e: BaseException, out_dir: Path | str) -> str | None:
-    """One line for running out of disk or memory, naming the path or the setting; None for anything else."""
-    import errno
-
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT):
-        where = e.filename or out_dir
-        why = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
-               errno.EDQUOT: "the disk quota is used up"}.get(e.errno, "permission denied")
-        return f"cannot write {where}: {why}; free space or point hydra.run.dir / hydra.sweep.dir elsewhere"
-    text = str(e)
-    if isinstance(e, MemoryError) or "DefaultCPUAllocator" in text or "out of memory" in text.lower():
-        return ("out of memory while training; lower model.width, model.depth or data.batch_size "
-                f"({first_line(e)[:160]})")
-    return None
-
-
-def _run_dir_setting() -> str:
-    """The run (or sweep) folder as the command line set it, for naming it in an error before Hydra made it."""
-    key = "hydra.sweep.dir=" if {"-m", "--multirun"} & set(sys.argv) else "hydra.run.dir="
-    given = [a for a in sys.argv if a.startswith(key)]
-    return given[-1] if given else f"{key[:-1]} (outputs/<date>/<time> by default)"
-
-
-def search_space_argv(argv: list[str]) -> list[str]:
-    """Hydra refuses sweep syntax on hydra.* keys, so `hydra.sweeper.params.KEY=SPACE` becomes the
-    equivalent sweep override `KEY=SPACE`, which replaces KEY's entry in the search space."""
-    prefix = "hydra.sweeper.params."
-    return [a[len(prefix):] if a.startswith(prefix) else a for a in argv]
-
-
-def cli() -> None:
-    """`python -m sweep.train` and `sweep-train`: Hydra's own errors (an unknown group option or key, a bad
-    override) come back here to be said in one line, with secrets masked."""
-    sys.argv = search_space_argv(sys.argv)
-    register_resolvers()
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing its multi-line report
-    try:
-        main()
-    except KeyboardInterrupt:  # before a run started (composing the config), or in a sweep's own handling
-        exit_with("interrupted", EXIT_INTERRUPTED)
-    except Exception as e:
-        line = hydra_error(e) or (resource_problem(e, _run_dir_setting()) if isinstance(e, OSError) else None)
-        if line is None:
-            raise
-        exit_with(line)

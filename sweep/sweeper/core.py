@@ -201,7 +201,9 @@ class SweepImpl:
                               Progress(n_trials, self.directions, handle.study), st.FileWatch(self.spec),
                               callbacks=callbacks, stop=self.stop,
                               repeats=functools.partial(plan_repeats, maximize=self.directions[0] == "maximize",
-                                                  repeats=self.repeats, base_seed=base_seed))
+                                                        repeats=self.repeats, base_seed=base_seed)
+                              if self.repeats > 1 else None,
+                              last_running=_warm_up_report if self.write_report else None)
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()
@@ -363,6 +365,16 @@ def _interrupted(e: BaseException | None) -> bool:
 
 def _choice(config: DictConfig, group: str) -> str | None:
     return OmegaConf.select(config, "hydra.runtime.choices", default={}).get(group)
+
+
+def _warm_up_report() -> None:
+    """While the last trials run: the report's imports, so the sweep ends sooner after them."""
+    try:
+        from sweep.sweeper.report import warm_up
+
+        warm_up()
+    except ImportError as e:  # the report itself says so at the end
+        log.debug("report warm-up: %s", e)
 
 
 def _tracker_call(call, study) -> None:

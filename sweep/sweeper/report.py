@@ -420,6 +420,13 @@ def _out_dir(path: Path) -> Path:
 # ------------------------------------------------------------------ writing
 
 
+def warm_up() -> None:
+    """Import what drawing the report needs besides this module: a sweep calls it while its last trials run, so
+    its process ends sooner after them. Most of it is optuna.importance, which imports scikit-learn."""
+    import matplotlib.backends.backend_agg  # noqa: F401  (what savefig draws with)
+    import optuna.importance  # noqa: F401
+
+
 def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     """report.csv, report.md, the PNG plots and report.html in out_dir; returns the table."""
     trials = study.get_trials(deepcopy=False)

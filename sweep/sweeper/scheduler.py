@@ -67,6 +67,7 @@ class Scheduler:
     repeats: Callable[[list], list] | None = None  # hydra.sweeper.repeats: trials -> the runs still missing
     repeating: bool = False  # the search is done; the best configurations run again with other seeds
     pending: list = field(default_factory=list)  # the repeats not started yet
+    last_running: Callable[[], None] | None = None  # called once, when every trial left to run is running
     _warned_pause: bool = False
 
     def run(self) -> None:
@@ -120,6 +121,9 @@ class Scheduler:
             self.runner.flush()
             if not self.inflight:
                 break
+            if self.last_running is not None and self._all_running(stop_asking_at):
+                hook, self.last_running = self.last_running, None
+                hook()
             done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
             for future in done:
                 trial = self.inflight.pop(future)
@@ -127,6 +131,15 @@ class Scheduler:
                 self._ended(trial.number)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
+
+    def _all_running(self, stop_asking_at: float) -> bool:
+        """Whether nothing is left to start (no trial to ask, no repeat to come, no paused trial to resume) and a
+        trial has ended, so the workers are past their own start-up."""
+        if self.paused or self.pending or (self.repeats is not None and not self.repeating):
+            return False
+        if len(self.asked) == len(self.inflight):
+            return False
+        return not (self._accepting(stop_asking_at) and len(self.asked) < self._target)
 
     def _adopt(self) -> None:
         """Paused trials whose sweep ended (interrupted, killed): this sweep may promote them."""

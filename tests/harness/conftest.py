@@ -5,7 +5,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from sweep.mlp.config import register_resolvers
-from sweep.mlp.train import CONF_DIR, HYDRA_DEFAULTS
+from sweep.mlp.config import CONF_DIR, HYDRA_DEFAULTS
 
 
 @pytest.fixture

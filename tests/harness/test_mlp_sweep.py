@@ -4,6 +4,7 @@ behaviour is tested on a torch-free app in tests/plugin.)"""
 import json
 import os
 import re
+import sys
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from helpers import assert_one_line_error
+from helpers import assert_one_line_error, run
 from mlp import train_cli
 
 FAST = ["data=digits", "search=digits", "trainer.epochs=3", "hydra/sweeper/pruner=none"]
@@ -27,6 +28,27 @@ def load(cwd: Path, name: str = "digits") -> optuna.Study:
 
 def sweep_dirs(cwd: Path) -> list[Path]:
     return sorted(p.parent for p in cwd.glob("multirun/*/*/study.json"))
+
+
+def test_only_the_workers_import_torch(tmp_path):
+    # The sweep's own process composes configs and schedules trials: torch's second of import at its start, and
+    # its teardown at its end, are spent in the workers' fork server instead, once (SWEEP_PRELOAD).
+    script = tmp_path / "sweep_train.py"
+    script.write_text("import runpy, sys\n"
+                      "if __name__ == '__main__':\n"
+                      "    sys.argv = ['sweep.train', *sys.argv[1:]]\n"
+                      "    try:\n"
+                      "        runpy.run_module('sweep.train', run_name='__main__')\n"
+                      "    finally:\n"
+                      "        print('torch in the sweep process:', 'torch' in sys.modules, file=sys.stderr)\n")
+    result = run([sys.executable, str(script), "--multirun", *FAST, "hydra.sweeper.n_trials=2",
+                  f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "torch in the sweep process: False" in result.stderr, result.stderr[-2000:]
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    assert all(json.loads((Path(t.user_attrs["run_dir"]) / "metrics.json").read_text())["epochs_run"] == 3
+               for t in study.trials)
 
 
 def test_sweep_records_every_trial_and_reports_it(tmp_path):

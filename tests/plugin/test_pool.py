@@ -321,3 +321,34 @@ def test_no_more_workers_start_than_trials_can_use(tmp_path):
     result = run_app("--multirun", "hydra.sweeper.n_jobs=40", "hydra.sweeper.n_trials=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "Starting 2 worker process(es)" in result.stdout + result.stderr
+
+
+def test_the_modules_a_task_names_are_imported_once_by_the_workers_server(tmp_path):
+    # An app that imports its heavy library inside the task names it in SWEEP_PRELOAD: the fork server imports it
+    # once, every worker it forks finds it there, and the sweep's own process never imports it.
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    (tmp_path / "heavy_lib.py").write_text(f"import os\nopen(os.path.join({str(marks)!r}, f'import-{{os.getpid()}}'), 'w').close()\n")
+    app = tmp_path / "lazy_app.py"
+    app.write_text(
+        "import os\n"
+        "import hydra\n"
+        "HYDRA_DEFAULTS = {'version_base': None} if hydra.__version__.startswith('1.3') else {}\n"
+        "SWEEP_PRELOAD = ('heavy_lib',)\n"
+        "@hydra.main(config_path=None, config_name=None, **HYDRA_DEFAULTS)\n"
+        "def main(cfg) -> float:\n"
+        "    import heavy_lib  # noqa: F401\n"
+        f"    with open(os.path.join({str(marks)!r}, f'worker-{{os.getpid()}}'), 'w') as f:\n"
+        "        f.write(str(os.getppid()))\n"
+        "    return float(cfg.x)\n"
+        "if __name__ == '__main__':\n"
+        "    main()\n")
+    result = run_app("--multirun", "hydra/sweeper=sweep", "hydra/launcher=pool", "+x=range(0,4)",
+                     "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "hydra.sweeper.report=false",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path / 'lazy.db'}", "hydra.sweeper.study_name=lazy",
+                     cwd=tmp_path, script=app)
+    assert result.returncode == 0, result.stderr
+    importers = [m.name.split("-")[1] for m in marks.glob("import-*")]
+    parents = {w.read_text() for w in marks.glob("worker-*")}
+    assert len(importers) == 1 and parents == set(importers), (importers, parents)
+    assert len([t for t in trials(tmp_path / "lazy.db", "lazy") if t.state == TrialState.COMPLETE]) == 4

@@ -28,8 +28,9 @@ class FakeLauncher:
     NEVER = object()
     in_sweep_process = True
 
-    def __init__(self, answer):
+    def __init__(self, answer, events=None):
         self.answer, self.slots, self.most, self.pending, self.started = answer, 0, 0, [], []
+        self.events = [] if events is None else events  # ("submit", n) and ("answer", n), in order
 
     def start(self, n_jobs, at_most=None):
         self.slots = slots_for(n_jobs, None, at_most)
@@ -38,6 +39,7 @@ class FakeLauncher:
         future = Future()
         self.pending.append((number, list(overrides), future))
         self.started.append(number)
+        self.events.append(("submit", number))
         return future
 
     def flush(self):
@@ -48,6 +50,7 @@ class FakeLauncher:
             answer = self.answer(number, overrides)
             if answer is self.NEVER:
                 continue
+            self.events.append(("answer", number))
             if isinstance(answer, WorkerDied):
                 future.set_exception(answer)
             elif isinstance(answer, BaseException):
@@ -60,18 +63,31 @@ class FakeLauncher:
         pass
 
 
-def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), **limits):
+def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), last_running=None, events=None, **limits):
     handle = StudyHandle(Storage("memory", None), "unit", list(directions), optuna.samplers.RandomSampler(seed=0),
                          None, None, heartbeat_interval=30, grace_period=120, retries=limits.get("retries", 0))
     handle.open([])
-    launcher = FakeLauncher(answer)
+    launcher = FakeLauncher(answer, events)
     assert isinstance(launcher, TrialLauncher)  # the protocol, as the sweeper checks it
     launcher.start(n_jobs, at_most=n_trials)
     scheduler = Scheduler(handle, launcher, Limits(n_trials, launcher.slots, **limits), SPACE,
                           lambda trial: [f"x={trial.params['x']}"], Progress(n_trials, list(directions), handle.study),
-                          FileWatch(Storage("memory", None)))
+                          FileWatch(Storage("memory", None)), last_running=last_running)
     scheduler.run()
     return scheduler, launcher, {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+
+
+def test_the_end_is_prepared_once_every_trial_left_is_running():
+    # The sweeper imports what its report needs while the last trials run: once, when nothing is left to start and
+    # a trial has ended (the workers are past their start-up), not while the search still asks for trials.
+    events: list = []
+    _, _, trials = sweep(lambda n, o: 0.5, n_trials=5, n_jobs=2, events=events,
+                         last_running=lambda: events.append(("last running",)))
+    assert len(trials) == 5 and all(t.state == TrialState.COMPLETE for t in trials.values())
+    assert events.count(("last running",)) == 1
+    at = events.index(("last running",))
+    assert sorted(n for kind, *n in events[:at] if kind == "submit") == [[0], [1], [2], [3], [4]]
+    assert any(kind == "answer" for kind, *_ in events[:at])
 
 
 def test_it_keeps_the_slots_full_and_tells_each_value():
