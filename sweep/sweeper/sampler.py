@@ -15,6 +15,8 @@ Built on Optuna's public API: the wrapped sampler sees an in-memory study of tho
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import warnings
 from collections import Counter
@@ -112,15 +114,25 @@ def _at_budget(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tup
 def _quantiles(trials: list[FrozenTrial], maximize: bool) -> list[tuple[FrozenTrial, float]]:
     """Across budgets: each trial at the largest step it reached, scored by the share of the trials that reached that
     step whose best up to it was worse (ties count half): 1 is the best there, 0 the worst."""
-    reached = [(t, max(t.intermediate_values)) for t in trials if t.intermediate_values]
+    reached = []  # (trial, its last step, its steps in order, its best value up to each of them)
+    for t in trials:
+        if t.intermediate_values:
+            steps = sorted(t.intermediate_values)
+            reached.append((t, steps[-1], steps, list(itertools.accumulate(
+                (v if math.isfinite(v) else None for v in (t.intermediate_values[s] for s in steps)),
+                lambda a, b: b if a is None else a if b is None else (max if maximize else min)(a, b)))))
+    peers: dict[int, list[float]] = {}  # step -> the sorted bests up to it of the trials that reached it
+    for step in {last for _, last, _, _ in reached}:
+        at = [(bisect.bisect_right(steps, step), bests) for _, last, steps, bests in reached if last >= step]
+        peers[step] = sorted(bests[i - 1] for i, bests in at if i and bests[i - 1] is not None)
     scored = []
-    for t, step in reached:
-        mine = _best_up_to(t, step, maximize)
-        peers = [v for u, s in reached if s >= step and (v := _best_up_to(u, step, maximize)) is not None]
-        if mine is None or len(peers) < 2:
+    for t, step, _, bests in reached:
+        mine, values = bests[-1], peers[step]
+        if mine is None or len(values) < 2:
             continue
-        worse = sum((v < mine) if maximize else (v > mine) for v in peers) + 0.5 * (sum(v == mine for v in peers) - 1)
-        scored.append((t, worse / (len(peers) - 1)))
+        below, above = bisect.bisect_left(values, mine), bisect.bisect_right(values, mine)
+        worse = below if maximize else len(values) - above
+        scored.append((t, (worse + 0.5 * (above - below - 1)) / (len(values) - 1)))
     return scored
 
 

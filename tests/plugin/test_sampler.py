@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from helpers import assert_one_line_error, run_app, trials
-from sweep.sweeper.sampler import BudgetSampler
+from sweep.sweeper.sampler import BudgetSampler, _quantiles
 
 SPACE = {"x": FloatDistribution(0.0, 1.0)}
 
@@ -67,6 +71,43 @@ def test_across_rungs_every_trial_counts_by_where_it_stood_at_its_last_epoch():
     study.ask(SPACE)
     # The view maximizes a quantile among the trials that reached the same epoch: 1 best, 0 worst.
     assert sorted(seen.seen, key=lambda s: s[1]) == [(TrialState.COMPLETE, 0.1, 0.0), (TrialState.COMPLETE, 0.3, 1.0)]
+
+
+@pytest.mark.parametrize("maximize", [True, False])
+def test_across_rungs_scores_agree_with_their_definition_on_random_curves(maximize):
+    # The scores are computed from sorted values per epoch (a sweep asks for them before every trial); here they
+    # are checked against the definition, trial by trial: the share of the trials that reached its last epoch
+    # whose best up to it was worse, ties counting half. Gaps, late starts and non-finite values included.
+    rng = random.Random(0)
+    better = max if maximize else min
+    for _ in range(100):
+        curves = []
+        for _ in range(rng.randint(0, 40)):
+            steps = sorted(rng.sample(range(1, 12), rng.randint(0, 8)))
+            curves.append({s: rng.choice([math.nan, math.inf, round(rng.random(), 1)]) if rng.random() < 0.1
+                           else round(rng.random(), 1) for s in steps})
+        found = [create_trial(params={"x": 0.5}, distributions=SPACE, state=TrialState.PRUNED, intermediate_values=c)
+                 for c in curves]
+        for i, t in enumerate(found):
+            t.number = i
+
+        def best(c, step):
+            values = [v for s, v in c.items() if s <= step and math.isfinite(v)]
+            return better(values) if values else None
+
+        expected = []
+        for i, c in enumerate(curves):
+            if not c:
+                continue
+            last = max(c)
+            peers = [v for d in curves if d and max(d) >= last and (v := best(d, last)) is not None]
+            mine = best(c, last)
+            if mine is None or len(peers) < 2:
+                continue
+            worse = sum((v < mine) if maximize else (v > mine) for v in peers) + 0.5 * (peers.count(mine) - 1)
+            expected.append((i, worse / (len(peers) - 1)))
+        got = [(t.number, score) for t, score in _quantiles(found, maximize)]
+        assert [(i, pytest.approx(v)) for i, v in expected] == got
 
 
 def test_without_reported_epochs_the_wrapped_sampler_sees_the_study_itself():
