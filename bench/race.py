@@ -42,7 +42,7 @@ import time
 from pathlib import Path
 
 import pages
-from common import CIFAR_JPEG, conditions, cpu_hogs, header, upstream_conf
+from common import CIFAR_JPEG, commit, conditions, cpu_hogs, header, upstream_conf
 
 from sweep import atomic
 
@@ -238,7 +238,7 @@ def main() -> None:
                         continue
                     with tempfile.TemporaryDirectory() as tmp:
                         result = run(Path(tmp), r)
-                    result.update(seed=r, measured=pages.measured_here(), load=os.getloadavg()[0])
+                    result.update(seed=r, measured=pages.measured_here(), load=os.getloadavg()[0], commit=commit())
                     runs[name].append(result)
                     print(f"{condition}, round {r + 1}: {name}: {result['wall']:.1f} s, first trial at "
                           f"{result['first']:.1f} s, {result['epochs']} epochs, best {best_of(result, race.budget):.4f}"
