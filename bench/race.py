@@ -187,7 +187,7 @@ def main() -> None:
     work = f"{args.budget:.0f} s each" if args.budget else f"{args.trials} trials"
     what = f"{args.data} ({args.space} space), {work}, up to {args.epochs} epochs a trial"
     race = Race(args.data, args.space, args.trials, args.epochs, args.budget, None)
-    name = f"race-{args.data}" + ("" if args.space in ("digits", "tutorial") else f"-{args.space}")
+    page = f"race-{args.data}" + ("" if args.space in ("digits", "tutorial") else f"-{args.space}")
     if args.replot:
         runs = json.loads(args.replot.read_text())
         where = runs.pop("measured", None)  # the race's command, machine and date
@@ -197,7 +197,7 @@ def main() -> None:
         if args.plot:
             plot(runs, args.plot, race, what)
         if args.save and where:
-            print(f"saved {pages.save(name, ['condition'] + columns, [['idle'] + r for r in rows], spread(runs), where)}")
+            print(f"saved {pages.save(page, ['condition'] + columns, [['idle'] + r for r in rows], spread(runs), where)}")
         return
     header(f"The race: {what}, 2 at a time, {args.rounds} round(s)")
     if cifar:  # decoded once, before the race (or found in the cache): no contender pays for it
@@ -253,7 +253,7 @@ def main() -> None:
         if args.plot and not load:
             plot(runs, args.plot, race, what)
     if args.save:
-        print(f"saved {pages.save(name, columns, rows, spread(runs) if args.budget else spread_rounds(args.rounds))}")
+        print(f"saved {pages.save(page, columns, rows, spread(runs) if args.budget else spread_rounds(args.rounds))}")
 
 
 def spread(runs: dict[str, list[dict]]) -> str:
