@@ -57,28 +57,31 @@ def _timestamps(log: str) -> dict[str, float]:
     return found
 
 
-def start_up(work: Path, rounds: int) -> list[str]:
+def digits_sweep(folder: Path, work: Path, who: str, epochs: int, n_trials: int, *extra: str):
+    """`python -m sweep.train --multirun` on digits in folder, by ours or by upstream (hydra-optuna-sweeper with
+    joblib), with `extra` overrides: the command's result, when it started and ended, and its study."""
     import optuna
 
+    (folder / "multirun" / "studies").mkdir(parents=True)  # upstream does not make the SQLite file's folder
+    args = ["--multirun", "data=digits", "search=digits", f"trainer.epochs={epochs}", f"hydra.sweeper.n_trials={n_trials}",
+            f"data.cache_dir={work / 'cache'}", "hydra.sweeper.study_name=s", *extra]
+    if who == "upstream":
+        args += [f"--config-path={upstream_conf(folder)}", "hydra/sweeper=optuna", "hydra/launcher=joblib"]
+    began = time.time()
+    result = subprocess.run([sys.executable, "-m", "sweep.train", *args], cwd=folder, capture_output=True, text=True)
+    ended = time.time()
+    assert result.returncode == 0, result.stderr[-2000:]
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder}/multirun/studies/s.db")
+    return result, began, ended, study
+
+
+def start_up(work: Path, rounds: int) -> list[str]:
     rows = []
     ours, theirs = [], []
     for r in range(rounds):
         for who in ("ours", "upstream"):
-            folder = work / f"start-{who}-{r}"
-            folder.mkdir()
-            (folder / "multirun" / "studies").mkdir(parents=True)
-            args = ["--multirun", "data=digits", "search=digits", "trainer.epochs=1", "hydra.sweeper.n_trials=2",
-                    f"data.cache_dir={work / 'cache'}", "hydra.sweeper.study_name=s"]
-            if who == "upstream":
-                conf = upstream_conf(folder)
-                args += [f"--config-path={conf}", "hydra/sweeper=optuna", "hydra/launcher=joblib"]
-            else:
-                args += ["hydra.sweeper.report=false"]
-            began = time.time()
-            result = subprocess.run([sys.executable, "-m", "sweep.train", *args], cwd=folder, capture_output=True,
-                                    text=True)
-            assert result.returncode == 0, result.stderr[-2000:]
-            study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder}/multirun/studies/s.db")
+            extra = ["hydra.sweeper.report=false"] if who == "ours" else []
+            result, began, _, study = digits_sweep(work / f"start-{who}-{r}", work, who, 1, 2, *extra)
             first = min(t.datetime_start.timestamp() for t in study.trials) - began
             running = min(t.datetime_start.timestamp() + t.user_attrs.get("startup_seconds", 0) for t in study.trials)
             result_at = min(t.datetime_complete.timestamp() for t in study.trials) - began  # its one epoch's result
@@ -242,25 +245,14 @@ def epoch_in_worker(work: Path, rounds: int) -> list[str]:
 def exit_lag(work: Path, rounds: int) -> list[str]:
     """From the last trial's end to the command's exit, on a sweep of digits trials: ours writes its report (the
     default), upstream has none."""
-    import optuna
-
     lags: dict[str, list[float]] = {"ours": [], "upstream": []}
     for r in range(rounds):
         for who in lags:
             folder = work / f"end-{who}-{r}"
-            (folder / "multirun" / "studies").mkdir(parents=True)
-            args = ["--multirun", "data=digits", "search=digits", "trainer.epochs=4", "hydra.sweeper.n_trials=8",
-                    f"data.cache_dir={work / 'cache'}", "hydra.sweeper.study_name=s"]
-            if who == "upstream":
-                args += [f"--config-path={upstream_conf(folder)}", "hydra/sweeper=optuna", "hydra/launcher=joblib",
-                         "hydra.launcher.n_jobs=2"]
-            result = subprocess.run([sys.executable, "-m", "sweep.train", *args], cwd=folder, capture_output=True,
-                                    text=True)
-            ended = time.time()
-            assert result.returncode == 0, result.stderr[-2000:]
+            extra = ["hydra.launcher.n_jobs=2"] if who == "upstream" else []
+            _, _, ended, study = digits_sweep(folder, work, who, 4, 8, *extra)
             if who == "ours":
                 assert list(folder.glob("multirun/*/*/report.html")), "no report written"
-            study = optuna.load_study(study_name="s", storage=f"sqlite:///{folder}/multirun/studies/s.db")
             lags[who].append(ended - max(t.datetime_complete.timestamp() for t in study.trials))
     ours = statistics.median(lags["ours"])
     return ["| 8 digits trials of 4 epochs, 2 at a time | exit after the last trial's end, s |", "|---|---|",

@@ -152,10 +152,6 @@ def _failed(wall: float) -> dict:
     return {"wall": wall, "first": math.nan, "epochs": 0, "points": [], "failed": True}
 
 
-def best_of(result: dict, budget: float | None = None) -> float:
-    """A contender's best, counting only what ended within the budget."""
-    return max((v for t, v in result["points"] if budget is None or t <= budget), default=math.nan)
-
 
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
     reached = [t for t, v in sorted(points) if v >= target]
@@ -241,7 +237,7 @@ def main() -> None:
                     result.update(seed=r, measured=pages.measured_here(), load=os.getloadavg()[0], commit=commit())
                     runs[name].append(result)
                     print(f"{condition}, round {r + 1}: {name}: {result['wall']:.1f} s, first trial at "
-                          f"{result['first']:.1f} s, {result['epochs']} epochs, best {best_of(result, race.budget):.4f}"
+                          f"{result['first']:.1f} s, {result['epochs']} epochs, best {best_by(result['points'], race.budget):.4f}"
                           f"{' (ended early: failed)' * result['failed']}", flush=True)
                     if kept and not load:  # every result so far, so a race cut short keeps what it measured
                         atomic.write_text(kept, json.dumps({**runs, "setup": setup, "measured": pages.measured_here()},
@@ -270,6 +266,7 @@ def spread_rounds(rounds: int) -> str:
 
 
 def best_by(points: list[tuple[float, float]], t: float | None) -> float:
+    """The best value among the points that ended by time t (all of them when t is None)."""
     return max((v for s, v in points if t is None or s <= t), default=math.nan)
 
 
@@ -295,12 +292,11 @@ def summarize(runs: dict[str, list[dict]], race: Race) -> tuple[list[str], list[
         rows = []
         for name, results in runs.items():
             finals = [best_by(x["points"], budget) for x in results]
-            med = lambda values: statistics.median(values)  # noqa: E731
+            med = statistics.median
             to_peer = []
             for p in peers:  # round by round: the same seed for both
-                pairs = [(x, y) for x, y in zip(results, runs[p])]
                 to_peer.append(_median_time([time_to([q for q in x["points"] if q[0] <= budget], best_by(y["points"], budget))
-                                             for x, y in pairs]))
+                                             for x, y in zip(results, runs[p])]))
             failed = sum(x["failed"] for x in results)
             note = f" (failed in {failed} of {len(results)} rounds)" if failed else ""
             rows.append([f"{name}{note}", str(len(results)), f"{med([x['first'] for x in results]):.1f}",
@@ -320,7 +316,7 @@ def summarize(runs: dict[str, list[dict]], race: Race) -> tuple[list[str], list[
         wall = statistics.median(walls)
         first = statistics.median(x["first"] for x in results)
         epochs = statistics.median(x["epochs"] for x in results)
-        best = statistics.median(best_of(x) for x in results)
+        best = statistics.median(best_by(x["points"], None) for x in results)
         reach = [time_to(x["points"], target) for x in results]
         reach_s = f"{statistics.median([t for t in reach if t is not None]):.1f}" if any(t is not None for t in reach) else "-"
         failed = sum(x["failed"] for x in results)

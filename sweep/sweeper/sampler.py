@@ -114,13 +114,17 @@ def _at_budget(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tup
 def _quantiles(trials: list[FrozenTrial], maximize: bool) -> list[tuple[FrozenTrial, float]]:
     """Across budgets: each trial at the largest step it reached, scored by the share of the trials that reached that
     step whose best up to it was worse (ties count half): 1 is the best there, 0 the worst."""
+    better = max if maximize else min
+
+    def best_so_far(a: float | None, b: float | None) -> float | None:  # a non-finite value is no value
+        return b if a is None else a if b is None else better(a, b)
+
     reached = []  # (trial, its last step, its steps in order, its best value up to each of them)
     for t in trials:
         if t.intermediate_values:
             steps = sorted(t.intermediate_values)
-            reached.append((t, steps[-1], steps, list(itertools.accumulate(
-                (v if math.isfinite(v) else None for v in (t.intermediate_values[s] for s in steps)),
-                lambda a, b: b if a is None else a if b is None else (max if maximize else min)(a, b)))))
+            values = (v if math.isfinite(v) else None for v in (t.intermediate_values[s] for s in steps))
+            reached.append((t, steps[-1], steps, list(itertools.accumulate(values, best_so_far))))
     peers: dict[int, list[float]] = {}  # step -> the sorted bests up to it of the trials that reached it
     for step in {last for _, last, _, _ in reached}:
         at = [(bisect.bisect_right(steps, step), bests) for _, last, steps, bests in reached if last >= step]
