@@ -373,7 +373,7 @@ def _warm_up_report() -> None:
         from sweep.sweeper.report import warm_up
 
         warm_up()
-    except ImportError as e:  # the report itself says so at the end
+    except Exception as e:  # an optional head start: the report, guarded the same way, says what broke at the end
         log.debug("report warm-up: %s", e)
 
 
