@@ -215,6 +215,8 @@ class SweepImpl:
             lost = e
         finally:
             _ignore_interrupts()
+            if interrupted:  # before the workers stop: a job that ended meanwhile is told as it ended
+                scheduler.settle()
             handle.stop_heartbeats()
             self.runner.shutdown(kill=not ended)  # idle workers finish; busy ones would never
             task.unregister(handle.study)

@@ -285,6 +285,14 @@ class Scheduler:
         else:
             self.failures.append(reason)
 
+    def settle(self) -> None:
+        """The trials whose jobs had already ended when the sweep was interrupted (between an end and its handling):
+        told as they ended, a paused one kept paused, instead of failed with the ones still running."""
+        for future in [f for f in self.inflight if f.done()]:
+            trial = self.inflight.pop(future)
+            self._finish(trial, future)
+            self._ended(trial.number)
+
     def record_running(self) -> None:
         """Where the trials still running are (the sweep is stopping): their launcher may know already."""
         for future, trial in list(self.inflight.items()):
