@@ -2,7 +2,7 @@
 
 A bench script calls `save(name, ...)` once it has measured: docs/results/NAME.json keeps its rows with the
 machine, the date, the command and how the spread is given. `python bench/pages.py` writes each table into the
-page that shows it, between `<!-- results: NAME -->` and `<!-- /results -->`. tests/plugin/test_docs.py fails when
+page that shows it (the README or a page of docs/), between `<!-- results: NAME -->` and `<!-- /results -->`. tests/plugin/test_docs.py fails when
 a page and its saved results disagree.
 """
 
@@ -73,7 +73,7 @@ def render(text: str, missing: list | None = None) -> str:
 
 def main() -> None:
     missing: list[str] = []
-    for page in sorted((ROOT / "docs").glob("*.md")):
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         text = page.read_text()
         new = render(text, missing)
         if new != text:
