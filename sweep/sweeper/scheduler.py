@@ -125,10 +125,7 @@ class Scheduler:
                 hook, self.last_running = self.last_running, None
                 hook()
             done, _ = wait(list(self.inflight), timeout=POLL_SECONDS, return_when=FIRST_COMPLETED)
-            for future in done:
-                trial = self.inflight.pop(future)
-                self._finish(trial, future)
-                self._ended(trial.number)
+            self._collect(done)
             if deadline is not None and time.time() > deadline + limits.grace:
                 self._give_up()
 
@@ -288,7 +285,11 @@ class Scheduler:
     def settle(self) -> None:
         """The trials whose jobs had already ended when the sweep was interrupted (between an end and its handling):
         told as they ended, a paused one kept paused, instead of failed with the ones still running."""
-        for future in [f for f in self.inflight if f.done()]:
+        self._collect([f for f in self.inflight if f.done()])
+
+    def _collect(self, done) -> None:
+        """Tell each ended job's trial as it ended."""
+        for future in done:
             trial = self.inflight.pop(future)
             self._finish(trial, future)
             self._ended(trial.number)
