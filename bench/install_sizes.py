@@ -106,9 +106,14 @@ def main() -> None:
 def measure_all(work: Path) -> list[list[str]]:
     here = str(ROOT)
     base = venv(work / "base", here)
-    rows = [["the sweeper for your own Hydra app", "`pip install .`",
-             f"{mb(total(base))} ({named(base, *TOP)} and what they need)"]]
-    print(*rows[-1], sep=" | ", flush=True)
+    rows: list[list[str]] = []
+
+    def row(*cells: str) -> None:  # shown as soon as measured: the whole run takes minutes
+        rows.append(list(cells))
+        print(*cells, sep=" | ", flush=True)
+
+    row("the sweeper for your own Hydra app", "`pip install .`",
+        f"{mb(total(base))} ({named(base, *TOP)} and what they need)")
 
     def more(dists: dict[str, dict], than: dict[str, dict] = base) -> int:
         return total(dists, set(dists) - set(than))
@@ -116,25 +121,21 @@ def measure_all(work: Path) -> list[list[str]]:
     mlp = venv(work / "mlp", f"{here}[mlp]")
     torch = closure(mlp, "torch") - set(base)
     build = "'s CUDA build" if any(name.startswith("nvidia-") for name in torch) else ""
-    rows.append(["plus the MLP harness", "`pip install '.[mlp]'`",
-                 f"{mb(more(mlp))} more: {named(mlp, 'torch')}{build} and what it needs are {mb(total(mlp, torch))} "
-                 f"of it ({named(mlp, 'torchvision')} beside it)"])
-    print(*rows[-1], sep=" | ", flush=True)
+    row("plus the MLP harness", "`pip install '.[mlp]'`",
+        f"{mb(more(mlp))} more: {named(mlp, 'torch')}{build} and what it needs are {mb(total(mlp, torch))} "
+        f"of it ({named(mlp, 'torchvision')} beside it)")
     install(str(work / "mlp" / "bin" / "python"), f"{here}[lightning]")
     both = measure(str(work / "mlp" / "bin" / "python"))
-    rows.append(["the Lightning callback", "`pip install '.[lightning]'`",
-                 f"{mb(more(both, mlp))} more beside the MLP harness ({named(both, 'lightning')})"])
-    print(*rows[-1], sep=" | ", flush=True)
+    row("the Lightning callback", "`pip install '.[lightning]'`",
+        f"{mb(more(both, mlp))} more beside the MLP harness ({named(both, 'lightning')})")
     shutil.rmtree(work / "mlp")
     cpu = venv(work / "cpu", CPU_TORCH)
-    rows.append(["torch's CPU build instead, installed before the harness", f"`pip install torch --index-url {CPU_INDEX}`",
-                 f"{mb(total(cpu))} (torch {CPU_TORCH.split('==')[1]}'s CPU wheel alone)"])
-    print(*rows[-1], sep=" | ", flush=True)
+    row("torch's CPU build instead, installed before the harness", f"`pip install torch --index-url {CPU_INDEX}`",
+        f"{mb(total(cpu))} (torch {CPU_TORCH.split('==')[1]}'s CPU wheel alone)")
     shutil.rmtree(work / "cpu")
     for extra, what, main in EXTRAS:
         dists = venv(work / extra, f"{here}[{extra}]")
-        rows.append([what, f"`pip install '.[{extra}]'`", f"{mb(more(dists))} more ({named(dists, main)})"])
-        print(*rows[-1], sep=" | ", flush=True)
+        row(what, f"`pip install '.[{extra}]'`", f"{mb(more(dists))} more ({named(dists, main)})")
         shutil.rmtree(work / extra)
     return rows
 

@@ -2,8 +2,8 @@
 
 A bench script calls `save(name, ...)` once it has measured: docs/results/NAME.json keeps its rows with the
 machine, the date, the command and how the spread is given. `python bench/pages.py` writes each table into the
-page that shows it (the README or a page of docs/), between `<!-- results: NAME -->` and `<!-- /results -->`. tests/plugin/test_docs.py fails when
-a page and its saved results disagree.
+page that shows it (the README or a page of docs/), between `<!-- results: NAME -->` and `<!-- /results -->`.
+tests/plugin/test_docs.py fails when a page and its saved results disagree.
 """
 
 from __future__ import annotations

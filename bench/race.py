@@ -152,7 +152,6 @@ def _failed(wall: float) -> dict:
     return {"wall": wall, "first": math.nan, "epochs": 0, "points": [], "failed": True}
 
 
-
 def time_to(points: list[tuple[float, float]], target: float) -> float | None:
     reached = [t for t, v in sorted(points) if v >= target]
     return reached[0] if reached else None
