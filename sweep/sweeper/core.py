@@ -232,8 +232,7 @@ class SweepImpl:
                 "running are marked FAIL after hydra.sweeper.grace_period seconds")
         if interrupted:
             scheduler.record_running()
-            handle.fail_running([n for n in scheduler.asked if n not in scheduler.paused], "sweep interrupted")
-            handle.release(scheduler.paused)  # a paused trial is not lost: the next sweep resumes it
+            handle.stop_interrupted(sorted({*scheduler.asked, *scheduler.paused}), "sweep interrupted")
         max_resource = self.pruner_cfg.get("max_resource") if isinstance(self.pruner_cfg, DictConfig) else None
         try:
             finish(handle.study, self.directions, scheduler.asked + scheduler.adopted, sweep_dir, interrupted=interrupted,

@@ -223,23 +223,22 @@ class StudyHandle:
     def stop_heartbeats(self) -> None:
         self._beating.set()
 
-    def release(self, numbers: Iterable[int]) -> None:
-        """Paused trials of a sweep that stops early: left RUNNING and paused, with a heartbeat so old that the next
-        sweep on this study adopts them at once."""
+    def stop_interrupted(self, numbers: Iterable[int], reason: str) -> None:
+        """The trials of an interrupted sweep, once its workers have stopped. One its task paused is left RUNNING and
+        paused, with a heartbeat so old that the next sweep adopts it at once: storage decides, since the pause is
+        written before its job ends, and the interrupt may come before the sweep has handled that end. Any other trial
+        still running is FAIL."""
         for number in numbers:
             try:
-                self.backend.set_trial_system_attr(self.trial_id(number), HEARTBEAT, 0)
-            except (FINISHED, *st.errors()) as e:
-                log.warning("paused trial %d not released: %s", number, first_line(e))
-
-    def fail_running(self, numbers: Iterable[int], reason: str) -> None:
-        """Never leave the trials of a stopped sweep RUNNING."""
-        for number in numbers:
-            try:
-                if not self.frozen(number).state.is_finished():
+                frozen = self.frozen(number)
+                if frozen.state.is_finished():
+                    continue
+                if paused_step(frozen) is not None:
+                    self.backend.set_trial_system_attr(self.trial_id(number), HEARTBEAT, 0)
+                else:
                     self.tell(number, state=TrialState.FAIL, reason=reason)
-            except st.errors() as e:
-                log.warning("trial %d not marked FAIL: %s", number, first_line(e))
+            except (FINISHED, *st.errors()) as e:
+                log.warning("trial %d left as it was: %s", number, first_line(e))
 
 
 def _kind(d) -> str:

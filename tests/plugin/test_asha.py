@@ -14,9 +14,11 @@ from optuna.trial import TrialState, create_trial
 
 from helpers import (ASHA, BAD, GOOD, assert_one_line_error, check_promotion, epochs_run, run_app, start_app,
                      trials, wait_for)
-from sweep.attrs import PAUSED, PROMOTED, STOP_REASON
+from sweep.attrs import FAIL_REASON, HEARTBEAT, PAUSED, PROMOTED, STOP_REASON
 from sweep.sweeper import report
 from sweep.sweeper.asha import PromotingHalving
+from sweep.sweeper.storage import Storage
+from sweep.sweeper.study import StudyHandle
 
 MAX = StudyDirection.MAXIMIZE
 
@@ -51,6 +53,23 @@ def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path)
     pruned = [t for t in trials(_db(tmp_path), "curve") if t.state == TrialState.PRUNED]
     assert pruned and all("cannot pause" in t.user_attrs[STOP_REASON] for t in pruned)
     assert (result.stdout + result.stderr).count("asha cannot pause") == 1  # one warning for the sweep, not one per trial
+
+
+def test_an_interrupt_keeps_a_trial_its_task_paused_even_before_the_sweep_handled_its_end():
+    # Ctrl-C can land between a task writing its pause and the sweep handling that job's end: storage decides.
+    handle = StudyHandle(Storage("memory", None), "unit", ["maximize"], optuna.samplers.RandomSampler(seed=0),
+                         None, None, heartbeat_interval=30, grace_period=120, retries=0)
+    handle.open([])
+    space = {"x": FloatDistribution(0, 1)}
+    paused, running, done = (handle.ask(space, None) for _ in range(3))
+    handle.backend.set_trial_system_attr(handle.trial_id(paused.number), PAUSED, 2)
+    handle.tell(done, values=[0.5])
+    handle.stop_interrupted([paused.number, running.number, done.number], "sweep interrupted")
+    found = {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    assert found[paused.number].state == TrialState.RUNNING and found[paused.number].system_attrs[HEARTBEAT] == 0
+    assert found[running.number].state == TrialState.FAIL
+    assert found[running.number].user_attrs[FAIL_REASON] == "sweep interrupted"
+    assert found[done.number].state == TrialState.COMPLETE
 
 
 def _interrupt_with_a_paused_trial(tmp_path) -> tuple[list, str]:
