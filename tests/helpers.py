@@ -27,9 +27,10 @@ def run_app(*args: str, cwd: Path, script: Path = APP, env: dict | None = None, 
 
 
 def run(argv: list[str], cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    """Run a command to its end, in its own process group, with a terminal's SIGINT (see start)."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run(argv, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
-                          start_new_session=True)
+                          start_new_session=True, preexec_fn=_terminal_sigint)
 
 
 def start(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.Popen:
@@ -38,7 +39,11 @@ def start(argv: list[str], cwd: Path, env: dict | None = None) -> subprocess.Pop
     return subprocess.Popen(
         argv, cwd=cwd, env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        preexec_fn=_terminal_sigint)
+
+
+def _terminal_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def start_cli(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.Popen:
