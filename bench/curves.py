@@ -205,10 +205,16 @@ class OptunaPolicy:
             "budget": lambda: BudgetSampler(seed=seed),
             "budget-noliar": lambda: BudgetSampler(seed=seed, constant_liar=False),
             "budget-across": lambda: BudgetSampler(seed=seed, rungs="across"),
+            "budget-ranked": lambda: BudgetSampler(seed=seed, rungs="ranked"),
         }
         pruners = {
             "none": optuna.pruners.NopPruner,
             "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+            "median-warm10": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=EPOCHS // 10),
+            "median-warm25": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=EPOCHS // 4),
+            # Optuna's percentile is the share kept: 25 keeps the top quarter (harsher than the median), 75 three quarters
+            "percentile25": lambda: optuna.pruners.PercentilePruner(25.0, n_startup_trials=5),
+            "percentile75": lambda: optuna.pruners.PercentilePruner(75.0, n_startup_trials=5),
             "halving": lambda: optuna.pruners.SuccessiveHalvingPruner(min_resource="auto", reduction_factor=4),
             "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS,
                                                                 reduction_factor=3),
@@ -306,6 +312,13 @@ CONTENDERS = {
     "ours: budget + asha (promotion)": ("budget", "asha", False),
     "ours: budget across rungs + median": ("budget-across", "median", False),
     "ours: budget across rungs + asha": ("budget-across", "asha", False),
+    "ours: budget + median, warm-up 10%": ("budget", "median-warm10", False),
+    "ours: budget + median, warm-up 25%": ("budget", "median-warm25", False),
+    "ours: budget + percentile 25": ("budget", "percentile25", False),
+    "ours: budget + percentile 75": ("budget", "percentile75", False),
+    "ours: budget ranked + median": ("budget-ranked", "median", False),
+    "ours: budget ranked + asha": ("budget-ranked", "asha", False),
+    "ours: budget ranked + halving": ("budget-ranked", "halving", False),
 }
 
 
