@@ -39,11 +39,23 @@ EPOCHS = 50
 SPACE_NAMES = ("lr", "width", "weight_decay", "dropout")
 
 
-def distributions():
-    from optuna.distributions import FloatDistribution, IntDistribution
+MIXED = False  # the shape's name ends in -mixed: two choices more, one with a region where training diverges
 
-    return {"lr": FloatDistribution(1e-4, 1.0, log=True), "width": IntDistribution(32, 1024, log=True),
-            "weight_decay": FloatDistribution(1e-6, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.6)}
+
+def distributions():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    space = {"lr": FloatDistribution(1e-4, 1.0, log=True), "width": IntDistribution(32, 1024, log=True),
+             "weight_decay": FloatDistribution(1e-6, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.6)}
+    if MIXED:
+        space |= {"optimizer": CategoricalDistribution(["sgd", "adamw"]),
+                  "norm": CategoricalDistribution(["none", "batch", "layer"])}
+    return space
+
+
+def diverges(p: dict) -> bool:
+    """-mixed: AdamW above lr 0.01, or SGD above 0.3, never learns (the CIFAR-10 MLP's runs at 10%)."""
+    return p.get("optimizer") == "adamw" and p["lr"] > 1e-2 or p.get("optimizer") == "sgd" and p["lr"] > 0.3
 
 
 # ---------------------------------------------------------------- the curves
@@ -54,22 +66,29 @@ def final_quality(p: dict) -> float:
     lr = math.log10(p["lr"])
     width = math.log2(p["width"]) - 5  # 0..5
     wd = math.log10(p["weight_decay"])
-    q = 0.30 + 0.25 * math.exp(-((lr + 2.0) / 0.7) ** 2)
-    q += 0.02 * width
+    best_lr = -3.3 if p.get("optimizer") == "adamw" else -2.0  # -mixed: AdamW's best rate is 20x lower
+    q = 0.30 + 0.25 * math.exp(-((lr - best_lr) / 0.7) ** 2)
+    q += 0.02 * width + {"batch": 0.02, "layer": 0.01}.get(p.get("norm"), 0.0) - 0.01 * (p.get("optimizer") == "adamw")
     q -= 0.04 * ((wd + 3.5) / 2.5) ** 2
     q -= 0.15 * (p["dropout"] - 0.08 * width) ** 2
     return q
 
 
 def speed(p: dict) -> float:
-    """Epochs to get halfway: a larger learning rate starts faster (and, in final_quality, ends worse above 0.01)."""
-    return 1.0 + 12.0 * (1e-1 / p["lr"]) ** 0.45 / (1 + (1e-1 / p["lr"]) ** 0.45) * 2
+    """Epochs to get halfway: a larger learning rate starts faster (and, in final_quality, ends worse above 0.01);
+    -mixed: AdamW starts as fast as SGD at a 20x larger rate, and normalization speeds both."""
+    lr = p["lr"] * (20 if p.get("optimizer") == "adamw" else 1)
+    s = 1.0 + 12.0 * (1e-1 / lr) ** 0.45 / (1 + (1e-1 / lr) ** 0.45) * 2
+    return s * {"batch": 0.7, "layer": 0.85}.get(p.get("norm"), 1.0)
 
 
 def curve(shape: str, p: dict) -> np.ndarray:
     """True accuracy after each of EPOCHS epochs."""
     q, s, t = final_quality(p), speed(p), np.arange(1, EPOCHS + 1, dtype=float)
     start = 0.10
+    if diverges(p):
+        return np.full(EPOCHS, start)
+    shape = shape.removesuffix("-mixed")
     if shape == "power":  # a power law, as in Domhan et al.'s and LCBench's curves
         return q - (q - start) * (1 + t / s) ** -1.2
     if shape == "late":  # sigmoid: slow learners bloom late (a low learning rate's warm-up)
@@ -326,6 +345,8 @@ def simulate(job: tuple[str, str, int, int, float]) -> tuple[str, str, int, int,
     name, shape, seed, workers, budget = job
     import optuna
 
+    global MIXED
+    MIXED = shape.endswith("-mixed")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
@@ -337,6 +358,11 @@ def simulate(job: tuple[str, str, int, int, float]) -> tuple[str, str, int, int,
         sampler, pruner, last = CONTENDERS[name]
         run = run_async(OptunaPolicy(seed, sampler, pruner, last), shape, seed, workers, budget)
     return name, shape, seed, workers, run.trace, run.trials, run.epochs, time.perf_counter() - started
+
+
+def named(name: str, fragments: list[str]) -> bool:
+    """--only and --plot-only: a contender's whole name picks it alone; any other text, every name containing it."""
+    return any(f == name if f in CONTENDERS else f in name for f in fragments)
 
 
 def best_at(trace: list, t: float) -> float:
@@ -399,10 +425,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--workers", type=int, nargs="+", default=[2, 8])
-    parser.add_argument("--shapes", nargs="+", default=["power", "late", "overfit"])
+    parser.add_argument("--shapes", nargs="+",
+                        help="power, late, overfit; each with -mixed: the space gets an optimizer and a normalization "
+                             "choice, and a region where training diverges (default: the three plain ones; "
+                             "--replot: every shape kept)")
     parser.add_argument("--budget", type=float, default=6000.0,
                         help="virtual worker-seconds for each contender: 3000 s on 2 workers, 750 s on 8")
-    parser.add_argument("--only", nargs="*", help="contenders whose name contains one of these")
+    parser.add_argument("--only", nargs="*", help="contenders whose name contains one of these (a whole name: only it)")
     parser.add_argument("--processes", type=int, default=os.cpu_count())
     parser.add_argument("--out", type=Path, help="keep every run's best-so-far trace here (JSON)")
     parser.add_argument("--replot", type=Path, help="the table and plot from traces kept with --out; runs nothing")
@@ -418,8 +447,9 @@ def main() -> None:
     if args.replot:
         saved = json.loads(args.replot.read_text())
         print(saved["header"])
-        for key in ("seeds", "workers", "shapes", "budget"):
+        for key in ("seeds", "workers", "budget"):
             setattr(args, key, saved[key])
+        args.shapes = args.shapes or saved["shapes"]
         names = saved["names"]
         results = {(r["name"], r["shape"], r["seed"], r["workers"]): (r["trace"], r["trials"], r["epochs"], 0)
                    for r in saved["runs"]}
@@ -430,13 +460,13 @@ def main() -> None:
         import optuna
         import ray
 
+        args.shapes = args.shapes or ["power", "late", "overfit"]
         text = io.StringIO()
         with contextlib.redirect_stdout(text):
             header("search quality on synthetic learning curves, virtual time")
             print(f"optuna {optuna.__version__}, ray {ray.__version__}")
         print(text.getvalue())
-        names = [n for n in CONTENDERS if not args.only or n.startswith(("upstream", "ray"))
-                 or any(o in n for o in args.only)]
+        names = [n for n in CONTENDERS if not args.only or n.startswith(("upstream", "ray")) or named(n, args.only)]
         results: dict = {}
         if args.out and args.out.exists():  # virtual time: a kept run is what a rerun would give, on any machine
             saved = json.loads(args.out.read_text())
@@ -461,7 +491,7 @@ def main() -> None:
             print(f"wrote {args.out}")
 
     if args.only:  # --replot too: the peers and the contenders named
-        names = [n for n in names if n.startswith(("upstream", "ray")) or any(o in n for o in args.only)]
+        names = [n for n in names if n.startswith(("upstream", "ray")) or named(n, args.only)]
     grid = [(shape, seed, workers) for workers in args.workers for shape in args.shapes for seed in range(args.seeds)]
     missing = [n for n in names if any((n, *g) not in results for g in grid)]
     if missing:
@@ -502,7 +532,7 @@ def main() -> None:
                                     "seeds ending above both"], rows,
                          f"medians over {args.seeds} seeds; times are fractions of the budget"))
     if args.plot:
-        shown = [n for n in names if not args.plot_only or any(o in n for o in args.plot_only)]
+        shown = [n for n in names if not args.plot_only or named(n, args.plot_only)]
         plot(results, shown, args.shapes, args.workers, args.budget, args.seeds, args.plot)
 
 
