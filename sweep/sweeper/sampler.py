@@ -6,11 +6,6 @@ answer (Falkner et al., 2018): fit the model at the largest budget (step) that e
 trial's best value up to that budget, so a trial stopped there counts as much as one that went on. Early on that
 budget is a low rung; it rises as trials get further.
 
-With `rungs="ranked"` the model is fitted at that same budget, but a trial stopped below it counts too, ranked under
-every trial that reached it (by the step it reached, then its best value there, as Optuna ranks pruned trials):
-left out, the configurations a pruner stopped at once would look like unexplored ground, and TPE, which prefers
-what its best trials share over what the rest share, would keep sampling them.
-
 With `rungs="across"` every finished trial counts at the largest step it reached, scored by where it stood there
 among the trials that reached that step too (a quantile, 1 = best): a model across budgets in the spirit of
 Hyper-Tune and MOBSTER, on the same view.
@@ -45,9 +40,9 @@ class BudgetSampler(BaseSampler):
             self._base = sampler or TPESampler(constant_liar=constant_liar, **tpe)
         if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
             raise ValueError(f"min_trials={min_trials!r}: expected an integer >= 1")
-        if rungs not in ("top", "ranked", "across"):
-            raise ValueError(f"rungs={rungs!r}: expected top, ranked or across")
-        self._min_trials, self._rungs = min_trials, rungs
+        if rungs not in ("top", "across"):
+            raise ValueError(f"rungs={rungs!r}: expected top or across")
+        self._min_trials, self._across = min_trials, rungs == "across"
         self._views: dict[int, tuple[optuna.Study, FrozenTrial]] = {}
 
     def reseed_rng(self) -> None:
@@ -75,9 +70,8 @@ class BudgetSampler(BaseSampler):
             self._views = {trial.number: (study, trial)}
             return study, trial
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        view = _quiet_study(study.direction if self._rungs == "top" else "maximize")
-        scored = (_at_budget(finished, step, maximize) if self._rungs == "top" else
-                  _ranked(finished, step, maximize) if self._rungs == "ranked" else _quantiles(finished, maximize))
+        view = _quiet_study("maximize" if self._across else study.direction)
+        scored = _quantiles(finished, maximize) if self._across else _at_budget(finished, step, maximize)
         for t, value in scored:
             view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
         for t in trials:  # the running ones, for constant_liar
@@ -115,19 +109,6 @@ def _at_budget(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tup
     """BOHB: each trial that reached `step`, with its best value up to it."""
     found = [(t, _best_up_to(t, step, maximize)) for t in trials if max(t.intermediate_values, default=-1) >= step]
     return [(t, v) for t, v in found if v is not None]
-
-
-def _ranked(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tuple[FrozenTrial, float]]:
-    """Every trial with a value, ranked (0 the worst) by the step it reached up to `step`, then by its best value up
-    to there: one stopped below the budget ranks under every one that reached it."""
-    keyed = []
-    for t in trials:
-        reached = min(max(t.intermediate_values, default=0), step)
-        best = _best_up_to(t, reached, maximize)
-        if best is not None:
-            keyed.append(((reached, best if maximize else -best), t))
-    keyed.sort(key=lambda k: k[0])
-    return [(t, float(rank)) for rank, (_, t) in enumerate(keyed)]
 
 
 def _quantiles(trials: list[FrozenTrial], maximize: bool) -> list[tuple[FrozenTrial, float]]:

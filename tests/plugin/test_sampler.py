@@ -52,20 +52,6 @@ def test_pruned_trials_count_at_the_largest_epoch_enough_trials_reached():
         (TrialState.COMPLETE, 0.4, 0.15), (TrialState.RUNNING, 0.6, None)]  # the running one, for constant_liar
 
 
-def test_ranked_trials_stopped_below_the_budget_count_under_every_trial_that_reached_it():
-    seen = Seen()
-    study = optuna.create_study(direction="minimize", sampler=BudgetSampler(seen, min_trials=2, rungs="ranked"))
-    study.add_trial(_trial(0.1, [0.9, 0.5, 0.7], TrialState.PRUNED))   # reached the budget (epoch 3): 0.5 by then
-    study.add_trial(_trial(0.2, [0.8, 0.6, 0.4, 0.3]))                 # reached it with 0.4: the best
-    study.add_trial(_trial(0.3, [0.2], TrialState.PRUNED))             # the lowest loss, but stopped at epoch 1
-    study.add_trial(_trial(0.4, [0.9, 0.95], TrialState.PRUNED))       # further than 0.3, so ranked above it
-    study.ask(SPACE)
-    # The view maximizes the rank: 0 the worst.
-    assert sorted(seen.seen, key=lambda s: s[1]) == [
-        (TrialState.COMPLETE, 0.1, 2.0), (TrialState.COMPLETE, 0.2, 3.0), (TrialState.COMPLETE, 0.3, 0.0),
-        (TrialState.COMPLETE, 0.4, 1.0)]
-
-
 def test_the_budget_rises_as_trials_get_further_and_minimizing_keeps_the_lowest_value():
     seen = Seen()
     study = optuna.create_study(direction="minimize", sampler=BudgetSampler(seen, min_trials=2))
