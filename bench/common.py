@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def header(title: str) -> None:
     from sweep.mlp.device import describe
 
     print(f"# {title}")
-    print(f"command: python {' '.join(sys.argv)}")
+    print(f"command: python {shlex.join(sys.argv)}")
     print(f"machine: {describe()}, {torch.get_num_threads()} torch threads")
     print(f"commit: {commit()}; load average {os.getloadavg()[0]:.2f} at start")
     print()

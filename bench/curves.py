@@ -224,7 +224,6 @@ class OptunaPolicy:
             "budget": lambda: BudgetSampler(seed=seed),
             "budget-noliar": lambda: BudgetSampler(seed=seed, constant_liar=False),
             "budget-across": lambda: BudgetSampler(seed=seed, rungs="across"),
-            "budget-ranked": lambda: BudgetSampler(seed=seed, rungs="ranked"),
         }
         pruners = {
             "none": optuna.pruners.NopPruner,
@@ -335,9 +334,6 @@ CONTENDERS = {
     "ours: budget + median, warm-up 25%": ("budget", "median-warm25", False),
     "ours: budget + percentile 25": ("budget", "percentile25", False),
     "ours: budget + percentile 75": ("budget", "percentile75", False),
-    "ours: budget ranked + median": ("budget-ranked", "median", False),
-    "ours: budget ranked + asha": ("budget-ranked", "asha", False),
-    "ours: budget ranked + halving": ("budget-ranked", "halving", False),
 }
 
 
@@ -437,7 +433,8 @@ def main() -> None:
     parser.add_argument("--replot", type=Path, help="the table and plot from traces kept with --out; runs nothing")
     parser.add_argument("--plot", type=Path, help="draw median best-so-far against time into this PNG")
     parser.add_argument("--plot-only", nargs="*", help="contenders the plot shows (name fragments)")
-    parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
+    parser.add_argument("--save", action="store_true",
+                        help="keep the table for the docs (bench/pages.py): curves, or curves-mixed for -mixed shapes")
     args = parser.parse_args()
 
     import json
@@ -527,7 +524,8 @@ def main() -> None:
     if args.save:
         import pages
 
-        print(pages.save("curves", ["curves", "workers", "contender", "final best, median (range)",
+        table = "curves-mixed" if all(s.endswith("-mixed") for s in args.shapes) else "curves"
+        print(pages.save(table, ["curves", "workers", "contender", "final best, median (range)",
                                     "time to upstream's final best", "time to Ray's final best",
                                     "seeds ending above both"], rows,
                          f"medians over {args.seeds} seeds; times are fractions of the budget"))

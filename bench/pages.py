@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -23,7 +24,7 @@ def measured_here() -> dict:
     """Where and how a measurement is being made: the command, this machine, today."""
     from sweep.mlp.device import describe
 
-    return {"command": "python " + " ".join(sys.argv), "machine": describe(), "date": datetime.date.today().isoformat()}
+    return {"command": "python " + shlex.join(sys.argv), "machine": describe(), "date": datetime.date.today().isoformat()}
 
 
 def save(name: str, columns: list[str], rows: list[list[str]], spread: str, where: dict | None = None) -> Path:
