@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import subprocess
 import sys
@@ -91,7 +92,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--save", action="store_true", help="keep the table for the README (bench/pages.py)")
     args = parser.parse_args()
-    print(f"# install sizes, Python {sys.version.split()[0]}, {sys.platform}; command: python {' '.join(sys.argv)}",
+    print(f"# install sizes, Python {sys.version.split()[0]}, {sys.platform}; command: python {shlex.join(sys.argv)}",
           flush=True)
     work = Path(tempfile.mkdtemp(prefix="install-sizes-"))
     try:
