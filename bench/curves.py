@@ -39,15 +39,14 @@ EPOCHS = 50
 SPACE_NAMES = ("lr", "width", "weight_decay", "dropout")
 
 
-MIXED = False  # the shape's name ends in -mixed: two choices more, one with a region where training diverges
-
-
-def distributions():
+def distributions(shape: str):
+    """The space searched: four numbers; a shape whose name ends in -mixed adds two choices, one with a region where
+    training diverges."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     space = {"lr": FloatDistribution(1e-4, 1.0, log=True), "width": IntDistribution(32, 1024, log=True),
              "weight_decay": FloatDistribution(1e-6, 1e-2, log=True), "dropout": FloatDistribution(0.0, 0.6)}
-    if MIXED:
+    if shape.endswith("-mixed"):
         space |= {"optimizer": CategoricalDistribution(["sgd", "adamw"]),
                   "norm": CategoricalDistribution(["none", "batch", "layer"])}
     return space
@@ -172,7 +171,7 @@ def run_batches(shape: str, seed: int, workers: int, budget: float) -> Run:
                                 sampler=optuna.samplers.TPESampler(seed=seed, constant_liar=False))
     clock = 0.0
     while clock < budget:
-        batch = [study.ask(distributions()) for _ in range(workers)]
+        batch = [study.ask(distributions(shape)) for _ in range(workers)]
         ends = []
         for trial in batch:
             truth, cost, t, best = curve(shape, trial.params), epoch_cost(trial.params), clock, -math.inf
@@ -211,7 +210,7 @@ def _rebuild(run: Run) -> Run:
 class OptunaPolicy:
     """Ours: one in-memory study, a trial asked the moment a worker frees, pruned through Optuna's pruner."""
 
-    def __init__(self, seed: int, sampler: str, pruner: str, tell_last: bool = False):
+    def __init__(self, shape: str, seed: int, sampler: str, pruner: str, tell_last: bool = False):
         import optuna
 
         from sweep.sweeper.asha import PromotingHalving
@@ -240,6 +239,7 @@ class OptunaPolicy:
         }
         self.study = optuna.create_study(direction="maximize", sampler=samplers[sampler](), pruner=pruners[pruner]())
         self.tell_last = tell_last
+        self.space = distributions(shape)
         self.best: dict[int, float] = {}
         self.paused: dict[int, tuple] = {}  # asha: number -> (trial, step)
 
@@ -253,7 +253,7 @@ class OptunaPolicy:
                 trial, step = self.paused.pop(number)
                 self.study._storage.set_trial_system_attr(trial._trial_id, PROMOTED, step)
                 return trial, trial.params, step + 1
-        trial = self.study.ask(distributions())
+        trial = self.study.ask(self.space)
         self.best[trial.number] = -math.inf
         return trial, trial.params, 1
 
@@ -280,7 +280,7 @@ class OptunaPolicy:
 class RayPolicy:
     """Ray Tune's ASHAScheduler and OptunaSearch, driven as Tune's controller drives them."""
 
-    def __init__(self, seed: int):
+    def __init__(self, shape: str, seed: int):
         import optuna
         from ray.tune.schedulers import ASHAScheduler
         from ray.tune.search.optuna import OptunaSearch
@@ -288,7 +288,7 @@ class RayPolicy:
         np.random.seed(seed)  # ASHA draws a bracket from NumPy's global generator
         self.scheduler = ASHAScheduler(time_attr="training_iteration", metric="acc", mode="max", max_t=EPOCHS,
                                        grace_period=1, reduction_factor=4)
-        self.searcher = OptunaSearch(space=distributions(), metric="acc", mode="max",
+        self.searcher = OptunaSearch(space=distributions(shape), metric="acc", mode="max",
                                      sampler=optuna.samplers.TPESampler(seed=seed))  # what seed=... would make
         self.count = 0
 
@@ -341,18 +341,16 @@ def simulate(job: tuple[str, str, int, int, float]) -> tuple[str, str, int, int,
     name, shape, seed, workers, budget = job
     import optuna
 
-    global MIXED
-    MIXED = shape.endswith("-mixed")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     warnings.filterwarnings("ignore")
     started = time.perf_counter()
     if name.startswith("upstream"):
         run = run_batches(shape, seed, workers, budget)
     elif name.startswith("ray"):
-        run = run_async(RayPolicy(seed), shape, seed, workers, budget)
+        run = run_async(RayPolicy(shape, seed), shape, seed, workers, budget)
     else:
         sampler, pruner, last = CONTENDERS[name]
-        run = run_async(OptunaPolicy(seed, sampler, pruner, last), shape, seed, workers, budget)
+        run = run_async(OptunaPolicy(shape, seed, sampler, pruner, last), shape, seed, workers, budget)
     return name, shape, seed, workers, run.trace, run.trials, run.epochs, time.perf_counter() - started
 
 

@@ -16,6 +16,18 @@ APP = Path(__file__).resolve().parent / "plugin" / "app" / "curve.py"  # a Hydra
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
+def memory_handle(directions=("maximize",), retries: int = 0):
+    """A study handle on an in-memory study, opened, with a seeded random sampler: the sweeper's storage side
+    without a database, for tests that drive the scheduler or the handle directly."""
+    from sweep.sweeper.storage import Storage
+    from sweep.sweeper.study import StudyHandle
+
+    handle = StudyHandle(Storage("memory", None), "unit", list(directions), optuna.samplers.RandomSampler(seed=0),
+                         None, None, heartbeat_interval=30, grace_period=120, retries=retries)
+    handle.open([])
+    return handle
+
+
 def run_cli(module: str, *args: str, cwd: Path, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     """Run `python -m module args` as a user would."""
     return run([sys.executable, "-m", module, *args], cwd=cwd, env=env, timeout=timeout)
@@ -119,8 +131,8 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def marked_processes() -> list[int]:
-    """Processes other than this one that carry this test session's mark."""
+def marked_processes(running: bytes = b"") -> list[int]:
+    """Processes other than this one that carry this test session's mark (and `running` in their command line)."""
     mark = f"{MARK}={os.environ[MARK]}".encode()
     found = []
     for entry in os.listdir("/proc"):
@@ -129,11 +141,27 @@ def marked_processes() -> list[int]:
         try:
             environ = Path(f"/proc/{entry}/environ").read_bytes()
             state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            command = Path(f"/proc/{entry}/cmdline").read_bytes()
         except OSError:
             continue
-        if state != "Z" and mark in environ.split(b"\0"):
+        if state != "Z" and mark in environ.split(b"\0") and running in command:
             found.append(int(entry))
     return found
+
+
+DRAWER = b"from sweep.sweeper.report import drawer"  # the command line of a report's plot drawer (report.draw_in_background)
+
+
+def drawers_done(timeout: float = 120) -> None:
+    """Wait until no report drawer of this session runs (a drawer holds its sweep folder's report.log open)."""
+    wait_for(lambda: not marked_processes(DRAWER), "the report drawers to end", timeout=timeout)
+
+
+def report_page(sweep_dir: Path, timeout: float = 120) -> str:
+    """A sweep's report.html once its plots are in: a sweep's command ends before its plots are drawn."""
+    page = sweep_dir / "report.html"
+    return wait_for(lambda: page.exists() and 'class="pending"' not in (text := page.read_text()) and text,
+                    f"the plots of {page}", timeout=timeout)
 
 
 def install_wheel(tmp_path: Path) -> str:

@@ -12,13 +12,11 @@ from optuna.distributions import FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import TrialState, create_trial
 
-from helpers import (ASHA, BAD, GOOD, assert_one_line_error, check_promotion, epochs_run, run_app, start_app,
-                     trials, wait_for)
+from helpers import (ASHA, BAD, GOOD, assert_one_line_error, check_promotion, epochs_run, memory_handle, run_app,
+                     start_app, trials, wait_for)
 from sweep.attrs import FAIL_REASON, HEARTBEAT, PAUSED, PROMOTED, STOP_REASON
 from sweep.sweeper import report
 from sweep.sweeper.asha import PromotingHalving
-from sweep.sweeper.storage import Storage
-from sweep.sweeper.study import StudyHandle
 
 MAX = StudyDirection.MAXIMIZE
 
@@ -57,9 +55,7 @@ def test_a_task_without_checkpoints_stops_as_with_halving_and_says_why(tmp_path)
 
 def test_an_interrupt_keeps_a_trial_its_task_paused_even_before_the_sweep_handled_its_end():
     # Ctrl-C can land between a task writing its pause and the sweep handling that job's end: storage decides.
-    handle = StudyHandle(Storage("memory", None), "unit", ["maximize"], optuna.samplers.RandomSampler(seed=0),
-                         None, None, heartbeat_interval=30, grace_period=120, retries=0)
-    handle.open([])
+    handle = memory_handle()
     space = {"x": FloatDistribution(0, 1)}
     paused, running, done = (handle.ask(space, None) for _ in range(3))
     handle.backend.set_trial_system_attr(handle.trial_id(paused.number), PAUSED, 2)

@@ -6,16 +6,15 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
-import optuna
 import pytest
 from hydra.core.utils import JobReturn, JobStatus
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
+from helpers import memory_handle
 from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied, slots_for
 from sweep.sweeper.scheduler import Limits, Scheduler
 from sweep.sweeper.storage import FileWatch, Storage
-from sweep.sweeper.study import StudyHandle
 from sweep.sweeper.summary import Progress
 
 SPACE = {"x": FloatDistribution(0, 1)}
@@ -64,9 +63,7 @@ class FakeLauncher:
 
 
 def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), last_running=None, events=None, **limits):
-    handle = StudyHandle(Storage("memory", None), "unit", list(directions), optuna.samplers.RandomSampler(seed=0),
-                         None, None, heartbeat_interval=30, grace_period=120, retries=limits.get("retries", 0))
-    handle.open([])
+    handle = memory_handle(directions, retries=limits.get("retries", 0))
     launcher = FakeLauncher(answer, events)
     assert isinstance(launcher, TrialLauncher)  # the protocol, as the sweeper checks it
     launcher.start(n_jobs, at_most=n_trials)
