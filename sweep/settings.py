@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from sweep.checks import (Rule, listish, flag, integer, mapping, number, one_of, optional, seconds, setting,
+from sweep.checks import (Rule, listish, integer, mapping, number, one_of, optional, seconds, setting,
                           strings, text)
 
 PLUGIN = "hydra_plugins.sweep_plugin"  # where Hydra 1.3 requires plugin classes to live
@@ -62,7 +62,9 @@ class SweeperConf:
     retries: Any = setting(0, integer(low=0))  # reruns of a trial whose worker died (resuming from its checkpoint)
     heartbeat_interval: Any = setting(30, integer(low=1))  # seconds between liveness marks of running trials
     grace_period: Any = setting(120, integer(low=1))  # seconds without one after which a running trial is FAIL
-    report: Any = setting(True, flag())  # write report.html, report.csv and plots into the sweep directory at the end
+    # The report (report.html, report.csv, plots) in the sweep directory at the end: true (its plots drawn by a process
+    # of their own, so the command ends at once), wait (drawn before the command ends), false (none)
+    report: Any = setting(True, Rule("true, false or wait", lambda v: isinstance(v, bool) or v == "wait"))
     enqueue: Any = field(default_factory=list)  # configurations to try first: [{key: value, ...}, ...]
     # Another study's completed trials, added to a new study before its first trial: {storage: URL, study_name: NAME}
     warm_start: Any = setting(None, optional(mapping()))

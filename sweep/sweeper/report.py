@@ -17,12 +17,12 @@ import html
 import json
 import logging
 import math
+import os
+import subprocess
 import sys
 import warnings
 from pathlib import Path
 
-import matplotlib
-from matplotlib.figure import Figure
 import optuna
 import pandas as pd
 from optuna.distributions import CategoricalDistribution
@@ -393,6 +393,8 @@ def plot_pareto(study: optuna.Study, objs: list[tuple[str, bool]], path: Path) -
 
 def _subplots(*grid, figsize, **kw):
     """A figure of its own, not pyplot's: drawing files never switches the host's backend (a notebook's)."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=figsize)
     return fig, fig.subplots(*grid, **kw)
 
@@ -427,8 +429,9 @@ def warm_up() -> None:
     import optuna.importance  # noqa: F401
 
 
-def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
-    """report.csv, report.md, the PNG plots and report.html in out_dir; returns the table."""
+def write_report(study: optuna.Study, out_dir: Path, plots: bool = True) -> pd.DataFrame:
+    """report.csv, report.md, the PNG plots and report.html in out_dir; returns the table. Without plots, the page
+    says they are on their way and reloads itself until they come (draw_in_background)."""
     trials = study.get_trials(deepcopy=False)
     if not trials:
         raise UserError(f"study {study.study_name!r} has no trials yet")
@@ -438,15 +441,19 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
     table = trials_table(study)
     atomic.write_text(out_dir / "report.csv", table.to_csv(index=False))
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
-    plots: list[str] = []
+    drawn: list[str] = []
 
     def draw(name: str, plot, *args) -> None:
         """One plot, its labels taken literally (a '$' in a metric name or a choice is not math markup); a plot
         that cannot be drawn (values no axis can hold) is left out with a warning, never the whole report."""
+        if not plots:
+            return
+        import matplotlib
+
         try:
             with matplotlib.rc_context({"text.parse_math": False}):
                 plot(*args, out_dir / name)
-            plots.append(name)
+            drawn.append(name)
         except (ValueError, OverflowError, RuntimeError, TypeError, MemoryError) as e:
             log.warning("report: %s not drawn (%s)", name, first_line(e)[:200])
 
@@ -467,9 +474,34 @@ def write_report(study: optuna.Study, out_dir: Path) -> pd.DataFrame:
         sections.append(("Repeated configurations, best mean first", repeats_table(ranked, metric)))
     atomic.write_text(out_dir / "report.md", top + "\n\n" + "".join(
         f"## {title}\n\n{markdown(part)}\n" for title, part in sections) + markdown(table))
-    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, plots, sections)
-    log.info("report written to %s", out_dir / "report.html")
+    _write_html(out_dir / "report.html", f"Sweep report: {study.study_name}", top, table, drawn, sections,
+                pending=not plots)
+    if plots:
+        log.info("report written to %s", out_dir / "report.html")
     return table
+
+
+def draw_in_background(storage: str, study_name: str, out_dir: Path) -> bool:
+    """Draw the report's plots in a process of its own that outlives this one (the sweep's command ends without
+    waiting for matplotlib): it writes the whole report again, plots included, each file atomically, and says what
+    it did in report.log. `storage` is the URL as saved (a secret only as ${oc.env:VAR}, read by the drawer from the
+    environment it inherits). False when no such process could start."""
+    import sweep
+
+    home = str(Path(sweep.__file__).resolve().parents[1])  # the same sweep package, however this one was found
+    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sweep.sweeper.report import drawer; drawer(*sys.argv[1:])"
+    out_dir = out_dir.resolve()
+    try:
+        with open(out_dir / "report.log", "ab") as out:
+            subprocess.Popen([sys.executable, "-c", code, home, storage, study_name, str(out_dir)],
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out, start_new_session=True,
+                             close_fds=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except OSError as e:
+        log.warning("report: the plots could not be drawn in the background (%s); drawing them now", first_line(e))
+        return False
+    log.info("report written to %s; its plots follow in a few seconds (drawn in the background, see report.log)",
+             out_dir / "report.html")
+    return True
 
 
 def repeats_table(ranked: list[dict], metric: str) -> pd.DataFrame:
@@ -544,15 +576,40 @@ def _html_table(table: pd.DataFrame, table_id: str) -> str:
                                                              table_id=table_id)
 
 
+def drawer(storage: str, study_name: str, out_dir: str) -> None:
+    """The process draw_in_background starts: the report again, with its plots. When it cannot, report.log says why
+    and the page stops waiting for them."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    out = Path(out_dir)
+    try:
+        write_report(open_study(storage, study_name), out)
+    except Exception as e:  # the study gone, a full disk: the table stays, the page says what is missing
+        log.error("the plots could not be drawn: %s", st.redact(first_line(e)))
+        page = out / "report.html"
+        try:
+            text = page.read_text(errors="replace")
+        except OSError:
+            sys.exit(1)
+        atomic.write_text(page, text.replace(REFRESH, "").replace(PENDING, "<p>The plots could not be drawn: see "
+                                                                           "report.log beside this page.</p>"))
+        sys.exit(1)
+
+
+REFRESH = '<meta http-equiv="refresh" content="2">'
+PENDING = '<p class="pending">The plots are being drawn; this page reloads until they are in.</p>'
+
+
 def _write_html(path: Path, title: str, summary: str, table: pd.DataFrame, images: list[str],
-                sections: list[tuple[str, pd.DataFrame]] = ()) -> None:
+                sections: list[tuple[str, pd.DataFrame]] = (), pending: bool = False) -> None:
     figures = "\n".join(
         f'<figure><img alt="{html.escape(TITLES.get(name, name))}" src="data:image/png;base64,'
         f'{base64.b64encode((path.parent / name).read_bytes()).decode()}"><figcaption>{html.escape(TITLES.get(name, name))}'
         f" ({name})</figcaption></figure>"
         for name in images)
+    if pending:  # the plots are being drawn by another process: the page reloads until they are in
+        figures = PENDING
     page = f"""<!doctype html>
-<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>{REFRESH if pending else ""}
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 2em; color: #222; }}
 table {{ border-collapse: collapse; font-size: 0.85em; }}

@@ -112,9 +112,12 @@ def pruning_savings(trials, mine, max_resource=None) -> tuple[int, int] | None:
 
 def finish(study: optuna.Study, directions: list[str], launched: list[int], sweep_dir: Path, *, interrupted: bool,
            failures: list[str], max_failure_rate: float, n_trials: int, time_budget: float | None,
-           max_resource=None, report: bool = True, started: float | None = None, stopped: str | None = None) -> None:
+           max_resource=None, report: bool | str = True, storage: str | None = None, started: float | None = None,
+           stopped: str | None = None) -> None:
     """The sweep's last words: a summary line, the best trial, the results file and the report; then a UserError
-    when the sweep did not do what it was asked (interrupted, too many failures, nothing completed)."""
+    when the sweep did not do what it was asked (interrupted, too many failures, nothing completed). The report's
+    plots are drawn by a process of their own, from `storage` (the URL as saved), unless report is "wait" or the
+    study lives in this process's memory."""
     mine_numbers = set(launched)
     trials = study.get_trials(deepcopy=False)
     mine = [t for t in trials if t.number in mine_numbers]
@@ -158,9 +161,12 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
     log.info(summary)
     if report and trials:
         try:
-            from sweep.sweeper.report import print_top, write_report
+            from sweep.sweeper.report import draw_in_background, print_top, write_report
 
-            print_top(write_report(study, sweep_dir))
+            later = report != "wait" and storage is not None
+            print_top(write_report(study, sweep_dir, plots=not later))
+            if later and not draw_in_background(storage, study.study_name, sweep_dir):
+                write_report(study, sweep_dir)
         except Exception as e:  # a full disk or a broken plot must not cost the user the sweep's results
             log.warning("report not written: %s", first_line(e))
     if interrupted:

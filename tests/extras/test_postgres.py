@@ -12,7 +12,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import assert_one_line_error, run_app, run_cli, start_app, wait_for
+from helpers import assert_one_line_error, drawers_done, run_app, run_cli, start_app, wait_for
 from pgserver import Postgres, bindir, start_postgres
 
 pytestmark = pytest.mark.xdist_group("postgres")  # one server per test process: keep these tests together
@@ -100,6 +100,7 @@ def test_a_password_from_the_environment_connects_and_is_never_shown(postgres, t
                     cwd=tmp_path, env=secret)
     assert wrong.returncode == 2
     outputs = result.stdout + result.stderr + refused.stderr + reported.stdout + reported.stderr + wrong.stderr
+    drawers_done()  # the sweep's report drawer (its plots, report.log) is done writing too
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
     assert any(p.name == "hydra.yaml" for p in files) and any(p.name == "report.html" for p in files)
     # The report's embedded plots are base64, where a piece such as "ss/w" turns up by chance: they are left out.

@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import alive, assert_one_line_error, children, start_cli, wait_for
+from helpers import alive, assert_one_line_error, children, drawers_done, start_cli, wait_for
 from mlp import train_cli
 
 ENDLESS = ["data=digits", "search=digits", "hydra/sweeper/pruner=none", "trainer.epochs=100000"]
@@ -91,6 +91,7 @@ def test_a_disk_that_fills_mid_sweep_fails_trials_and_the_sweep_still_ends_with_
         assert result.returncode == 0 or err.strip().splitlines()[-1].startswith("error: ")
         results = tiny / "sweep" / "optimization_results.yaml"
         assert not results.exists() or results.stat().st_size > 0  # never a 0-byte file
+        drawers_done()  # the report's plots, drawn after the command ended, on the same full disk
         assert all(p.stat().st_size > 0 for p in (tiny / "sweep").glob("*.png"))
         trials = _trials(tmp_path)
         assert len(trials) >= 1 and all(t.state != TrialState.RUNNING for t in trials)

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from helpers import run_app, run_cli
+from helpers import report_page, run_app, run_cli
 from sweep.sweeper import report
 
 METRIC = "score"  # the test app's metric_names
@@ -29,6 +29,7 @@ def swept(tmp_path_factory) -> Path:
                      "fail_trial=1", "hydra.sweeper.max_failure_rate=0.5", "hydra.sweeper.n_jobs=1", cwd=cwd)
     assert result.returncode == 0, result.stderr
     (sweep_dir,) = [p.parent for p in cwd.glob("multirun/*/*/study.json")]
+    report_page(sweep_dir)  # the command ends first; its plots come from a process of their own
     return sweep_dir
 
 
@@ -126,6 +127,35 @@ def test_a_sweep_with_no_completed_trial_still_gets_its_report(tmp_path):
     assert table["state"].tolist() == ["RUNNING", "FAIL"] and table["reason"].tolist()[1].startswith("Diverged")
     written = {p.name for p in (tmp_path / "out").glob("*.png")}
     assert written == {"best_so_far.png", "params.png", "importance.png", "cost.png"}  # no finished curves to draw
+
+
+@pytest.mark.parametrize("when", ["true", "wait"])
+def test_the_plots_are_drawn_after_the_command_ends_unless_asked_to_wait(tmp_path, when):
+    result = run_app("--multirun", "hydra.sweeper.n_trials=3", f"hydra.sweeper.report={when}", "hydra.sweeper.n_jobs=1",
+                     f"hydra.sweep.dir={tmp_path / 'sweep'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "sweep"
+    assert len(pd.read_csv(out / "report.csv")) == 3  # the table is there when the command ends
+    if when == "wait":
+        page = (out / "report.html").read_text()
+        assert not (out / "report.log").exists()
+    else:  # a process of its own draws them, and says so in report.log
+        assert "its plots follow" in result.stdout + result.stderr and (out / "report.log").exists()
+        page = report_page(out)
+        assert "report written to" in (out / "report.log").read_text()
+    assert page.count("data:image/png;base64,") == len(PLOTS) and report.REFRESH not in page
+
+
+def test_a_drawer_that_cannot_draw_says_so_and_the_page_stops_waiting(tmp_path):
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+    report.write_report(study, tmp_path / "out", plots=False)
+    assert report.REFRESH in (tmp_path / "out" / "report.html").read_text()
+    (tmp_path / "s.db").unlink()  # the study is gone before its plots could be drawn
+    with pytest.raises(SystemExit):
+        report.drawer(f"sqlite:///{tmp_path / 's.db'}", "s", str(tmp_path / "out"))
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert report.REFRESH not in page and "The plots could not be drawn" in page and 'id="runs"' in page
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -48,6 +48,7 @@ def test_bad_settings_on_the_command_line(tmp_path, args, fragments):
     ({"custom_search_space": "no.such.function"}, "hydra.sweeper.custom_search_space='no.such.function' cannot be"),
     ({"check": "no.such.function"}, "hydra.sweeper.check='no.such.function' cannot be imported"),
     ({"study_name": " "}, "hydra.sweeper.study_name=' ' is invalid"),
+    ({"report": "later"}, "hydra.sweeper.report='later' is invalid: expected true, false or wait"),
 ])
 def test_bad_sweeper_settings_are_named(settings, fragment):
     from sweep.sweeper.core import SweepImpl
