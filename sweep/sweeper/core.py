@@ -120,13 +120,13 @@ class SweepImpl:
         self.params = _plain(params) or {}
         self.n_trials, self.n_jobs, self.max_failure_rate, self.retries = n_trials, n_jobs, max_failure_rate, retries
         self.timeout, self.time_budget, self.write_report = timeout, time_budget, report
+        self._signals: dict | None = None  # the host's signal handlers, from setup until the sweep ends
         self.heartbeat_interval, self.grace_period = heartbeat_interval, grace_period
 
     def setup(self, *, hydra_context, task_function, config: DictConfig) -> None:
         from hydra.core.plugins import Plugins
 
         self.hydra_context, self.config = hydra_context, config
-        self.spec = st.parse(st.text_of(config), base=Path(os.getcwd()))
         try:
             launcher = Plugins.instance().instantiate_launcher(
                 config=config, hydra_context=hydra_context, task_function=GuardedTask(task_function))
@@ -137,21 +137,35 @@ class SweepImpl:
             raise UserError(f"hydra/launcher ({OmegaConf.select(config, 'hydra.launcher._target_')}) cannot be "
                             f"created: {first_line(e)}") from None
         self.runner = launcher if isinstance(launcher, TrialLauncher) else BatchAdapter(launcher)
-        if self.spec.kind == "memory" and not self.runner.in_sweep_process:
-            raise UserError("hydra.sweeper.storage=null keeps the study in this process's memory, which the "
-                            f"workers of hydra/launcher={_choice(config, 'hydra/launcher') or type(launcher).__name__} "
-                            "cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db on one machine, "
-                            "postgresql://... across machines) or use hydra/launcher=basic")
+        # The workers start first: their imports (the task's module, torch) are the longest wait before the first
+        # trial, so they run while the storage setting is read (SQLAlchemy's import) and the space is checked.
+        storage = st.text_of(config)
+        self._signals = _take_signals()
+        try:
+            self.runner.start(self.n_jobs, at_most=self.n_trials)
+            self.spec = st.parse(storage, base=Path(os.getcwd()))
+            if self.spec.kind == "memory" and not self.runner.in_sweep_process:
+                raise UserError("hydra.sweeper.storage=null keeps the study in this process's memory, which the "
+                                f"workers of hydra/launcher={_choice(config, 'hydra/launcher') or type(launcher).__name__}"
+                                " cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db on one machine, "
+                                "postgresql://... across machines) or use hydra/launcher=basic")
+        except BaseException as e:
+            _ignore_interrupts()
+            self.runner.shutdown(kill=True)
+            _give_back(self._signals)
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted("interrupted before the first trial started; nothing was run") from None
+            raise
 
     # ------------------------------------------------------------ the sweep
 
     def sweep(self, arguments: list[str]) -> None:
         self.handle = None
         _quick_exit()
-        with _own_signals():
+        saved, self._signals = self._signals, None  # taken by setup
+        with _own_signals(saved):
             try:
-                # Workers warm up while the space is checked and the study opened; never more than trials can use.
-                self.runner.start(self.n_jobs, at_most=self.n_trials)
+                self.runner.start(self.n_jobs, at_most=self.n_trials)  # started by setup; again after a shutdown
                 _stop_on_sigterm()  # again: an engine's start-up (Ray) may have taken SIGTERM for itself
                 return self._sweep(arguments)
             except KeyboardInterrupt:
@@ -436,17 +450,28 @@ def _resolve(path: Any, setting: str):
 # ------------------------------------------------------------ signals
 
 
-@contextmanager
-def _own_signals():
-    """While a sweep runs, SIGTERM stops it as Ctrl-C does; afterwards the host process gets both handlers back."""
+def _take_signals() -> dict:
+    """From now until the sweep ends, SIGTERM stops it as Ctrl-C does: the host process's handlers, to give back."""
     main = threading.current_thread() is threading.main_thread()
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     _stop_on_sigterm()
+    return saved
+
+
+def _give_back(saved: dict) -> None:
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+@contextmanager
+def _own_signals(saved: dict | None = None):
+    """While a sweep runs (from its setup, when that took them), SIGTERM stops it as Ctrl-C does; afterwards the
+    host process gets both handlers back."""
+    saved = _take_signals() if saved is None else saved
     try:
         yield
     finally:
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+        _give_back(saved)
 
 
 def _stop_on_sigterm() -> None:
