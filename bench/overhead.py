@@ -237,7 +237,7 @@ def epoch_in_worker(work: Path, rounds: int) -> list[str]:
             seconds = [float(line.split(",")[-1]) for line in (path / "history.csv").read_text().splitlines()[1:]]
             target.append(statistics.median(seconds[5:]))  # past the first epochs' warm-up
     a, b = statistics.median(plain), statistics.median(pooled)
-    return [f"| digits epoch, 1 thread, median of the epochs after the 5th | ms |", "|---|---|",
+    return ["| digits epoch, 1 thread, median of the epochs after the 5th | ms |", "|---|---|",
             f"| plain process (python -m sweep.train) | {1000 * a:.1f} |", f"| pool worker | {1000 * b:.1f} |",
             f"\nepoch in a pool worker / plain process: {b / a:.2f}x (target: <= 1.10) -> {'PASS' if b <= 1.1 * a else 'FAIL'}"]
 

@@ -4,7 +4,6 @@ tests/extras/test_upstream.py runs the same scenarios against hydra-optuna-sweep
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,6 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-from optuna.trial import TrialState
 
 import sweep
 from helpers import EXAMPLES, report_page, run_app
