@@ -149,7 +149,7 @@ def marked_processes(running: bytes = b"") -> list[int]:
     return found
 
 
-DRAWER = b"from sweep.sweeper.report import drawer"  # the command line of a report's plot drawer (report.draw_in_background)
+DRAWER = b"from sweep.sweeper.report import drawer"  # in the command line of a report's plot drawer
 
 
 def drawers_done(timeout: float = 120) -> None:

@@ -489,7 +489,8 @@ def draw_in_background(storage: str, study_name: str, out_dir: Path) -> bool:
     import sweep
 
     home = str(Path(sweep.__file__).resolve().parents[1])  # the same sweep package, however this one was found
-    code = "import sys; sys.path.insert(0, sys.argv.pop(1)); from sweep.sweeper.report import drawer; drawer(*sys.argv[1:])"
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); "
+            "from sweep.sweeper.report import drawer; drawer(*sys.argv[1:])")
     out_dir = out_dir.resolve()
     try:
         with open(out_dir / "report.log", "ab") as out:
