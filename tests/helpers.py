@@ -159,8 +159,10 @@ def drawers_done(timeout: float = 120) -> None:
 
 def report_page(sweep_dir: Path, timeout: float = 120) -> str:
     """A sweep's report.html once its plots are in: a sweep's command ends before its plots are drawn."""
+    from sweep.sweeper.report import PENDING
+
     page = sweep_dir / "report.html"
-    return wait_for(lambda: page.exists() and 'class="pending"' not in (text := page.read_text()) and text,
+    return wait_for(lambda: page.exists() and PENDING not in (text := page.read_text()) and text,
                     f"the plots of {page}", timeout=timeout)
 
 

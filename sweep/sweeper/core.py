@@ -177,7 +177,7 @@ class SweepImpl:
     def _sweep(self, arguments: list[str]) -> None:
         from sweep.sweeper.scheduler import Limits, LostStorage, Scheduler
         from sweep.sweeper.study import StudyHandle
-        from sweep.sweeper.summary import Progress, finish
+        from sweep.sweeper.summary import Progress, finish, plots_later
 
         space = SearchSpace.parse(self.params, arguments)
         n_trials = self.n_trials
@@ -218,8 +218,9 @@ class SweepImpl:
                               repeats=functools.partial(plan_repeats, maximize=self.directions[0] == "maximize",
                                                         repeats=self.repeats, base_seed=base_seed)
                               if self.repeats > 1 else None,
-                              last_running=functools.partial(_warm_up_report, plots=self.write_report == "wait" or
-                                                             self.spec.saved is None) if self.write_report else None)
+                              last_running=functools.partial(
+                                  _warm_up_report, plots=not plots_later(self.write_report, self.spec.saved))
+                              if self.write_report else None)
         interrupted, lost, ended, started = False, None, False, time.monotonic()
         try:
             scheduler.run()

@@ -446,8 +446,6 @@ def write_report(study: optuna.Study, out_dir: Path, plots: bool = True) -> pd.D
     def draw(name: str, plot, *args) -> None:
         """One plot, its labels taken literally (a '$' in a metric name or a choice is not math markup); a plot
         that cannot be drawn (values no axis can hold) is left out with a warning, never the whole report."""
-        if not plots:
-            return
         import matplotlib
 
         try:
@@ -457,16 +455,18 @@ def write_report(study: optuna.Study, out_dir: Path, plots: bool = True) -> pd.D
         except (ValueError, OverflowError, RuntimeError, TypeError, MemoryError) as e:
             log.warning("report: %s not drawn (%s)", name, first_line(e)[:200])
 
-    if len(objs) == 1:
-        draw("best_so_far.png", plot_best_so_far, {study.study_name: best_so_far(trials, maximize)}, metric, maximize)
-    else:
-        draw("pareto.png", plot_pareto, study, objs)
-    if any(t.intermediate_values for t in finished):
-        draw("learning_curves.png", plot_learning_curves, finished, metric, maximize)
-    draw("params.png", plot_params, finished, metric)
-    draw("importance.png", plot_importance, study, objs)
-    if len(objs) == 1:
-        draw("cost.png", plot_cost, table, metric, maximize)
+    if plots:
+        if len(objs) == 1:
+            draw("best_so_far.png", plot_best_so_far, {study.study_name: best_so_far(trials, maximize)}, metric,
+                 maximize)
+        else:
+            draw("pareto.png", plot_pareto, study, objs)
+        if any(t.intermediate_values for t in finished):
+            draw("learning_curves.png", plot_learning_curves, finished, metric, maximize)
+        draw("params.png", plot_params, finished, metric)
+        draw("importance.png", plot_importance, study, objs)
+        if len(objs) == 1:
+            draw("cost.png", plot_cost, table, metric, maximize)
     ranked = ranking(trials, maximize) if len(objs) == 1 else []  # hydra.sweeper.repeats
     top = headline(study, table, ranked)
     sections = []

@@ -110,6 +110,12 @@ def pruning_savings(trials, mine, max_resource=None) -> tuple[int, int] | None:
     return saved, total
 
 
+def plots_later(report: bool | str, storage: str | None) -> bool:
+    """Whether the report's plots are drawn by a process of their own after the sweep: not with report=wait, and not
+    for a study in this process's memory (storage None), which no other process can read."""
+    return bool(report) and report != "wait" and storage is not None
+
+
 def finish(study: optuna.Study, directions: list[str], launched: list[int], sweep_dir: Path, *, interrupted: bool,
            failures: list[str], max_failure_rate: float, n_trials: int, time_budget: float | None,
            max_resource=None, report: bool | str = True, storage: str | None = None, started: float | None = None,
@@ -163,7 +169,7 @@ def finish(study: optuna.Study, directions: list[str], launched: list[int], swee
         try:
             from sweep.sweeper.report import draw_in_background, print_top, write_report
 
-            later = report != "wait" and storage is not None
+            later = plots_later(report, storage)
             print_top(write_report(study, sweep_dir, plots=not later))
             if later and not draw_in_background(storage, study.study_name, sweep_dir):
                 write_report(study, sweep_dir)
