@@ -16,7 +16,6 @@ from typing import Any
 from hydra.core.utils import JobReturn, JobStatus
 
 from sweep.launchers.protocol import Outcome
-from sweep.sweeper.task import reports_in_background
 
 
 @dataclass
@@ -56,10 +55,8 @@ def run_job(payload: Payload, idx: int, overrides: list[str], console: str, node
     it prints kept in the run's console.log unless console is `terminal`."""
     started = time.time()
     where = dict(node=node or socket.gethostname(), gpus=os.environ.get("CUDA_VISIBLE_DEVICES", ""), started=started)
-    with _restored(), reports_in_background() as reports:
+    with _restored():
         ret = _run(payload, idx, overrides, console)
-    if reports.error is not None and ret.status == JobStatus.COMPLETED:
-        ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=reports.error)
     return Outcome(_picklable(ret), seconds=time.time() - started, **where)
 
 

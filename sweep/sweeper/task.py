@@ -15,8 +15,6 @@ another machine. Outside a sweep it is a stand-in whose reports go nowhere, so t
 from __future__ import annotations
 
 import os
-import queue
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,6 @@ from sweep.errors import UserError
 _live: dict[str, tuple] = {}  # study name -> (Study, storage) of a sweep running in this very process
 _opened: dict[tuple, Any] = {}  # (storage url, study name) -> Study, reused by the trials of one worker
 _current: dict[tuple, Any] = {}  # (study name, number, run dir) -> the trial handed out, so trial() is idempotent
-_in_background = False  # inside reports_in_background(): a job run by sweep's launchers
-_writers: list = []  # the ReportWriters of that job, each closed when it ends
 
 
 class LocalTrial:
@@ -105,7 +101,6 @@ class SweepTrial:
         # A repeat (hydra.sweeper.repeats) measures its configuration's spread: it runs to the end.
         self._prunes = type(study.pruner).__name__ != "NopPruner" and REPEAT_OF not in frozen.user_attrs
         self._light, self._study_attrs, self._rungs, self._pruning_study = None, None, None, None
-        self._writer: ReportWriter | None = None
         self._system_attrs = dict(frozen.system_attrs)
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
             self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
@@ -160,13 +155,7 @@ class SweepTrial:
             raise TypeError(f"trial.report: the step must be an integer >= 0, not {step!r}")
         if step in self._reported:
             return
-        if _in_background:
-            if self._writer is None:
-                self._writer = ReportWriter(self._storage, self._id)
-                _writers.append(self)
-            self._writer.put(step, value)
-        else:
-            self._storage.set_trial_intermediate_value(self._id, step, value)
+        self._storage.set_trial_intermediate_value(self._id, step, value)
         self._reported.add(step)
         self._values[step] = value
 
@@ -205,12 +194,6 @@ class SweepTrial:
 
     def set_user_attr(self, key: str, value: Any) -> None:
         self._storage.set_trial_user_attr(self._id, key, value)
-
-    def flush(self) -> None:
-        """Wait until every report is in the study; raises the first one that could not be written."""
-        if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
 
     def _frozen(self, system_attrs: dict):
         """This trial as a pruner sees it, built from what it reported: no read of it from storage per epoch."""
@@ -279,59 +262,6 @@ class RungStorage:
 
     def __getattr__(self, name: str):
         return getattr(self._storage, name)
-
-
-class ReportWriter:
-    """A trial's reports, written in order by a thread of its own: an epoch does not wait for the database's commit
-    (1-2 ms of CPU idle, several times that beside busy processes). A write that failed is raised by the trial's next
-    report, as it would have been at once, and by close()."""
-
-    def __init__(self, storage, trial_id: int):
-        self._storage, self._id = storage, trial_id
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._write, name="sweep-reports", daemon=True)
-        self._thread.start()
-
-    def put(self, step: int, value: float) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put((step, value))
-
-    def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
-    def _write(self) -> None:
-        while (item := self._queue.get()) is not None:
-            if self.error is None:
-                try:
-                    self._storage.set_trial_intermediate_value(self._id, *item)
-                except Exception as e:  # handed to the task's thread, which raises it
-                    self.error = e
-
-
-class reports_in_background:
-    """Around a job that sweep's launchers run: its trial's reports are written by a thread (ReportWriter), and
-    leaving waits until all of them are in the study, so the sweep never records a trial's result before its curve.
-    `error` is the first report that could not be written, which fails the job as a report raising in it would."""
-
-    def __enter__(self):
-        global _in_background
-        _in_background, self.error = True, None
-        return self
-
-    def __exit__(self, *exc) -> bool:
-        global _in_background
-        _in_background = False
-        while _writers:
-            try:
-                _writers.pop().flush()
-            except Exception as e:
-                self.error = self.error or e
-        return False
 
 
 def trial():

@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 
 from sweep.sweeper import storage as st
-from sweep.sweeper.task import CompletedTrials, RungStorage, SweepTrial, reports_in_background
+from sweep.sweeper.task import CompletedTrials, RungStorage, SweepTrial
 
 
 def _study(tmp_path, pruner, curves):
@@ -145,39 +145,6 @@ def test_reports_count_once_and_the_deadline_stops_the_trial(tmp_path):
     assert trial.should_prune() is True and trial.user_attrs["stop_reason"] == "stopped by hydra.sweeper.time_budget"
     with pytest.raises(TypeError, match="must be a number"):
         trial.report("high", 2)
-
-
-def test_a_jobs_reports_are_all_in_the_study_when_it_ends(tmp_path):
-    """In a job that sweep's launchers run, a thread writes the reports; the job's end waits for every one."""
-    study, worker, wstudy = _study(tmp_path, optuna.pruners.MedianPruner(), [[0.1], [0.2]])
-    running = study.ask({"x": FloatDistribution(0, 1)})
-    with reports_in_background() as job:
-        trial = _connect(worker, wstudy, running.number)
-        for step in range(1, 41):
-            trial.report(step / 100, step)
-            assert trial.should_prune() is False
-    assert job.error is None
-    assert study.trials[-1].intermediate_values == {step: step / 100 for step in range(1, 41)}
-
-
-def test_a_report_that_cannot_be_written_fails_the_job(tmp_path, monkeypatch):
-    """A trial the sweep has already finished (its worker was given up for dead) takes no more reports: the job that
-    reported fails, as when the write raised in the task."""
-    from hydra.core.utils import JobReturn, JobStatus
-
-    from sweep.launchers import job
-
-    study, worker, wstudy = _study(tmp_path, optuna.pruners.NopPruner(), [])
-    gone = study.ask({"x": FloatDistribution(0, 1)})
-    study.tell(gone, state=optuna.trial.TrialState.FAIL)
-
-    def task(payload, idx, overrides, console):
-        _connect(worker, wstudy, gone.number).report(0.5, 1)
-        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED, _return_value=0.5)
-
-    monkeypatch.setattr(job, "_run", task)
-    ret = job.run_job(None, 0, ["x=1"], "terminal").ret
-    assert ret.status == JobStatus.FAILED and "finished" in str(ret._return_value), ret._return_value
 
 
 def test_the_completed_trials_view_serves_only_what_those_pruners_read(tmp_path):
