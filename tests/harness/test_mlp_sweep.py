@@ -9,7 +9,6 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
-import pytest
 from optuna.trial import TrialState
 
 from helpers import assert_one_line_error, run
@@ -42,7 +41,7 @@ def test_only_the_workers_import_torch(tmp_path):
                       "    finally:\n"
                       "        print('torch in the sweep process:', 'torch' in sys.modules, file=sys.stderr)\n")
     result = run([sys.executable, str(script), "--multirun", *FAST, "hydra.sweeper.n_trials=2",
-                  f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
+                  "hydra.sweeper.report=false", f"data.cache_dir={tmp_path / 'cache'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "torch in the sweep process: False" in result.stderr, result.stderr[-2000:]
     study = load(tmp_path)
