@@ -4,6 +4,8 @@ directly."""
 
 from __future__ import annotations
 
+import os
+import signal
 from concurrent.futures import Future
 
 import pytest
@@ -72,6 +74,28 @@ def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), last_running=N
                           FileWatch(Storage("memory", None)), last_running=last_running)
     scheduler.run()
     return scheduler, launcher, {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+
+
+def test_ctrl_c_while_the_study_makes_a_trial_lands_after_the_sweep_owns_it(monkeypatch):
+    # Optuna's ask has made the trial RUNNING when Ctrl-C comes: the interrupt waits until the trial is this
+    # sweep's, so the interrupted sweep can end it (or keep it paused) instead of leaving it RUNNING for good.
+    handle = memory_handle()
+    scheduler = Scheduler(handle, FakeLauncher(lambda number, overrides: 0.5), Limits(4, 1), SPACE,
+                          lambda trial: [f"x={trial.params['x']}"], Progress(4, ["maximize"], handle.study),
+                          FileWatch(Storage("memory", None)))
+    asked = handle.ask
+
+    def ask_then_ctrl_c(*args):
+        trial = asked(*args)
+        os.kill(os.getpid(), signal.SIGINT)
+        return trial
+
+    monkeypatch.setattr(handle, "ask", ask_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        scheduler._start_one(None)
+    (trial,) = handle.study.get_trials(deepcopy=False)
+    assert scheduler.asked == [trial.number] and trial.state == TrialState.RUNNING
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
 def test_the_end_is_prepared_once_every_trial_left_is_running():
