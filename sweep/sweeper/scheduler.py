@@ -56,6 +56,8 @@ def interrupts_after():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
         if got and callable(saved[got[0]]):
             saved[got[0]](got[0], None)
+        elif got and saved[got[0]] in (signal.SIG_DFL, None):
+            signal.raise_signal(got[0])
 
 
 @dataclass

@@ -98,6 +98,18 @@ def test_ctrl_c_while_the_study_makes_a_trial_lands_after_the_sweep_owns_it(monk
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
+def test_a_signal_deferred_to_a_default_handler_still_ends_the_process():
+    import subprocess
+    import sys
+
+    code = ("import os, signal; from sweep.sweeper.scheduler import interrupts_after\n"
+            "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
+            "with interrupts_after():\n    os.kill(os.getpid(), signal.SIGTERM)\n    print('held', flush=True)\n"
+            "print('not reached')\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == -signal.SIGTERM and done.stdout == "held\n", (done.returncode, done.stdout, done.stderr)
+
+
 def test_the_end_is_prepared_once_every_trial_left_is_running():
     # The sweeper imports what its report needs while the last trials run: once, when nothing is left to start and
     # a trial has ended (the workers are past their start-up), not while the search still asks for trials.
