@@ -54,10 +54,12 @@ def interrupts_after():
     finally:
         for s, handler in saved.items():
             signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if got and callable(saved[got[0]]):
-            saved[got[0]](got[0], None)
-        elif got and saved[got[0]] in (signal.SIG_DFL, None):
-            signal.raise_signal(got[0])
+        if got:
+            handler = signal.getsignal(got[0])
+            if callable(handler):
+                handler(got[0], None)
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(got[0])
 
 
 @dataclass

@@ -64,25 +64,28 @@ class FakeLauncher:
         pass
 
 
-def sweep(answer, n_trials=4, n_jobs=2, directions=("maximize",), last_running=None, events=None, **limits):
+def scheduler_for(answer, n_trials=4, n_jobs=2, directions=("maximize",), last_running=None, events=None, **limits):
+    """A scheduler over an in-memory study and a FakeLauncher answering with `answer`, not yet run."""
     handle = memory_handle(directions, retries=limits.get("retries", 0))
     launcher = FakeLauncher(answer, events)
     assert isinstance(launcher, TrialLauncher)  # the protocol, as the sweeper checks it
     launcher.start(n_jobs, at_most=n_trials)
-    scheduler = Scheduler(handle, launcher, Limits(n_trials, launcher.slots, **limits), SPACE,
-                          lambda trial: [f"x={trial.params['x']}"], Progress(n_trials, list(directions), handle.study),
-                          FileWatch(Storage("memory", None)), last_running=last_running)
+    return Scheduler(handle, launcher, Limits(n_trials, launcher.slots, **limits), SPACE,
+                     lambda trial: [f"x={trial.params['x']}"], Progress(n_trials, list(directions), handle.study),
+                     FileWatch(Storage("memory", None)), last_running=last_running)
+
+
+def sweep(answer, **kw):
+    scheduler = scheduler_for(answer, **kw)
     scheduler.run()
-    return scheduler, launcher, {t.number: t for t in handle.study.get_trials(deepcopy=False)}
+    return scheduler, scheduler.runner, {t.number: t for t in scheduler.handle.study.get_trials(deepcopy=False)}
 
 
 def test_ctrl_c_while_the_study_makes_a_trial_lands_after_the_sweep_owns_it(monkeypatch):
     # Optuna's ask has made the trial RUNNING when Ctrl-C comes: the interrupt waits until the trial is this
     # sweep's, so the interrupted sweep can end it (or keep it paused) instead of leaving it RUNNING for good.
-    handle = memory_handle()
-    scheduler = Scheduler(handle, FakeLauncher(lambda number, overrides: 0.5), Limits(4, 1), SPACE,
-                          lambda trial: [f"x={trial.params['x']}"], Progress(4, ["maximize"], handle.study),
-                          FileWatch(Storage("memory", None)))
+    scheduler = scheduler_for(lambda number, overrides: 0.5, n_jobs=1)
+    handle = scheduler.handle
     asked = handle.ask
 
     def ask_then_ctrl_c(*args):
