@@ -100,7 +100,7 @@ class SweepTrial:
         self._reported = set(frozen.intermediate_values)
         # A repeat (hydra.sweeper.repeats) measures its configuration's spread: it runs to the end.
         self._prunes = type(study.pruner).__name__ != "NopPruner" and REPEAT_OF not in frozen.user_attrs
-        self._light, self._study_attrs, self._rungs, self._pruning_study = None, None, None, None
+        self._light, self._study_attrs, self._rungs, self._pruning_study, self._write = None, None, None, None, None
         self._system_attrs = dict(frozen.system_attrs)
         if type(study.pruner).__name__ in READ_ONLY_PRUNERS:
             self._light = CompletedTrials(study, storage, storage.get_study_id_from_name(study.study_name))
@@ -155,7 +155,11 @@ class SweepTrial:
             raise TypeError(f"trial.report: the step must be an integer >= 0, not {step!r}")
         if step in self._reported:
             return
-        self._storage.set_trial_intermediate_value(self._id, step, value)
+        if self._write is None:
+            from sweep.sweeper.storage import report_writer
+
+            self._write = report_writer(self._storage)
+        self._write(self._id, step, value)
         self._reported.add(step)
         self._values[step] = value
 

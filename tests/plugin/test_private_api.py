@@ -1,10 +1,14 @@
-"""The private parts of other projects that sweep still relies on, each used in one place (Optuna: none). These fail
-when an upgrade changes them, instead of a sweep failing later."""
+"""The private parts of other projects that sweep still relies on, each used in one place. These fail when an upgrade
+changes them, instead of a sweep failing later."""
 
 import multiprocessing
 import os
 import subprocess
 
+import math
+
+import optuna
+import pytest
 from hydra.core.utils import JobReturn, JobStatus
 
 
@@ -52,3 +56,33 @@ def test_optunas_journal_lock_is_still_a_symlink_named_after_the_journal(tmp_pat
     assert os.readlink(f"{journal}.lock") == str(journal)
     lock.release()
     assert not os.path.lexists(f"{journal}.lock")
+
+
+def test_a_report_written_into_optunas_sqlite_tables_reads_back_through_optuna(tmp_path, monkeypatch):
+    # sweep.sweeper.storage.report_writer INSERTs a running trial's reports into Optuna's private tables.
+    from sweep.sweeper import storage as st
+
+    spec = st.parse(f"sqlite:///{tmp_path}/study.db")
+    backend = st.open_storage(spec)
+    study = optuna.create_study(storage=backend, study_name="s")
+    running, finished = study.ask(), study.ask()
+    study.tell(finished, 1.0)
+    write = st.report_writer(backend)
+    public = backend.set_trial_intermediate_value
+    monkeypatch.setattr(backend, "set_trial_intermediate_value", _refuse)  # a new step must not need Optuna's call
+    values = {0: 0.25, 1: math.inf, 2: -math.inf, 3: math.nan, 4: -1e300}
+    for step, value in values.items():
+        write(running._trial_id, step, value)
+    read = optuna.load_study(study_name="s", storage=backend).trials[0].intermediate_values
+    assert read.keys() == values.keys()
+    assert all(read[s] == v or (math.isnan(read[s]) and math.isnan(v)) for s, v in values.items())
+    # What the INSERT leaves alone goes to Optuna's call, which answers as Optuna does.
+    monkeypatch.setattr(backend, "set_trial_intermediate_value", public)
+    write(running._trial_id, 0, 0.5)
+    assert optuna.load_study(study_name="s", storage=backend).trials[0].intermediate_values[0] == 0.5
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        write(finished._trial_id, 0, 0.5)
+
+
+def _refuse(*args):
+    raise AssertionError("the report went through Optuna's call")
