@@ -20,10 +20,7 @@ import json
 import logging
 import math
 import os
-import signal
-import threading
 import time
-from contextlib import contextmanager
 from dataclasses import MISSING as MISSING_FIELD
 from pathlib import Path
 from typing import Any
@@ -33,7 +30,7 @@ from optuna.distributions import CategoricalDistribution
 
 from sweep import atomic
 from sweep.sweeper import storage as st
-from sweep.sweeper import task
+from sweep.sweeper import signals, task
 from sweep.attrs import SEED, STORAGE_ENV, STUDY_ENV, TRIAL_ENV
 from sweep.errors import Interrupted, UserError, first_line, shorten
 from sweep.redact import redact
@@ -140,7 +137,7 @@ class SweepImpl:
         # The workers start first: their imports (the task's module, torch) are the longest wait before the first
         # trial, so they run while the storage setting is read (SQLAlchemy's import) and the space is checked.
         storage = st.text_of(config)
-        self._signals = _take_signals()
+        self._signals = signals.take()
         try:
             self.runner.start(self.n_jobs, at_most=self.n_trials)
             self.spec = st.parse(storage, base=Path(os.getcwd()))
@@ -150,9 +147,9 @@ class SweepImpl:
                                 " cannot reach; set a storage URL (sqlite:///multirun/studies/NAME.db on one machine, "
                                 "postgresql://... across machines) or use hydra/launcher=basic")
         except BaseException as e:
-            _ignore_interrupts()
+            signals.ignore()
             self.runner.shutdown(kill=True)
-            _give_back(self._signals)
+            signals.give_back(self._signals)
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted("interrupted before the first trial started; nothing was run") from None
             raise
@@ -163,15 +160,15 @@ class SweepImpl:
         self.handle = None
         _quick_exit()
         saved, self._signals = self._signals, None  # taken by setup
-        with _own_signals(saved):
+        with signals.owned(saved):
             try:
                 self.runner.start(self.n_jobs, at_most=self.n_trials)  # started by setup; again after a shutdown
-                _stop_on_sigterm()  # again: an engine's start-up (Ray) may have taken SIGTERM for itself
+                signals.stop_on_sigterm()  # again: an engine's start-up (Ray) may have taken SIGTERM for itself
                 return self._sweep(arguments)
             except KeyboardInterrupt:
                 raise Interrupted("interrupted before the first trial started; nothing was run") from None
             finally:
-                _ignore_interrupts()  # a second Ctrl-C must not cut the clean-up short
+                signals.ignore()  # a second Ctrl-C must not cut the clean-up short
                 self.runner.shutdown(kill=True)
 
     def _sweep(self, arguments: list[str]) -> None:
@@ -231,7 +228,7 @@ class SweepImpl:
         except (*st.errors(), LostStorage) as e:
             lost = e
         finally:
-            _ignore_interrupts()
+            signals.ignore()
             if interrupted:  # before the workers stop: a job that ended meanwhile is told as it ended
                 scheduler.settle()
             handle.stop_heartbeats()
@@ -446,50 +443,3 @@ def _resolve(path: Any, setting: str):
         return get_method(path)
     except Exception as e:
         raise UserError(f"{setting}={path!r} cannot be imported: {first_line(e)}") from None
-
-
-# ------------------------------------------------------------ signals
-
-
-def _take_signals() -> dict:
-    """From now until the sweep ends, SIGTERM stops it as Ctrl-C does: the host process's handlers, to give back."""
-    main = threading.current_thread() is threading.main_thread()
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
-    _stop_on_sigterm()
-    return saved
-
-
-def _give_back(saved: dict) -> None:
-    for sig, handler in saved.items():
-        signal.signal(sig, handler)
-
-
-@contextmanager
-def _own_signals(saved: dict | None = None):
-    """While a sweep runs (from its setup, when that took them), SIGTERM stops it as Ctrl-C does; afterwards the
-    host process gets both handlers back."""
-    saved = _take_signals() if saved is None else saved
-    try:
-        yield
-    finally:
-        _give_back(saved)
-
-
-def _stop_on_sigterm() -> None:
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _terminate)
-
-
-def _terminate(signum, frame):
-    raise KeyboardInterrupt
-
-
-def _ignore_interrupts() -> None:
-    if threading.current_thread() is not threading.main_thread():
-        return
-
-    def note(signum, frame):
-        log.warning("Already stopping: cleaning up, then exiting")
-
-    signal.signal(signal.SIGINT, note)
-    signal.signal(signal.SIGTERM, note)

@@ -7,12 +7,9 @@ BatchAdapter) each batch waits for its slowest trial.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import numbers
-import signal
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
@@ -23,7 +20,7 @@ from optuna.samplers import GridSampler
 from optuna.trial import TrialState
 
 from sweep import attrs
-from sweep.sweeper import storage as st
+from sweep.sweeper import signals, storage as st
 from sweep.errors import UserError, first_line, shorten
 from sweep.redact import redact
 from sweep.launchers.protocol import Outcome, TrialLauncher, WorkerDied
@@ -37,29 +34,6 @@ POLL_SECONDS = 1.0  # how often the loop looks up from waiting: storage watch, t
 
 class LostStorage(Exception):
     pass
-
-
-@contextlib.contextmanager
-def interrupts_after():
-    """Ctrl-C (or SIGTERM) during the block takes effect as it ends, through the handler it would have met. Asking
-    the study for a trial makes it RUNNING in storage before its number comes back: an interrupt in between would
-    leave it RUNNING for good, owned by no sweep."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    got: list[int] = []
-    saved = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in saved.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        if got:
-            handler = signal.getsignal(got[0])
-            if callable(handler):
-                handler(got[0], None)
-            elif handler == signal.SIG_DFL:
-                signal.raise_signal(got[0])
 
 
 @dataclass
@@ -249,7 +223,7 @@ class Scheduler:
         return not (isinstance(sampler, GridSampler) and sampler.is_exhausted(self.handle.study))
 
     def _start_one(self, deadline: float | None) -> None:
-        with interrupts_after():  # a trial the study made RUNNING is this sweep's before Ctrl-C can land
+        with signals.deferred():  # a trial the study made RUNNING is this sweep's before Ctrl-C can land
             if self.pending:  # a repeat: made now, so one never started is planned again by the next sweep
                 r = self.pending.pop(0)
                 trial = self.handle.add_running(r.params, r.distributions,

@@ -105,9 +105,9 @@ def test_a_signal_deferred_to_a_default_handler_still_ends_the_process():
     import subprocess
     import sys
 
-    code = ("import os, signal; from sweep.sweeper.scheduler import interrupts_after\n"
+    code = ("import os, signal; from sweep.sweeper.signals import deferred\n"
             "signal.signal(signal.SIGTERM, signal.SIG_DFL)\n"
-            "with interrupts_after():\n    os.kill(os.getpid(), signal.SIGTERM)\n    print('held', flush=True)\n"
+            "with deferred():\n    os.kill(os.getpid(), signal.SIGTERM)\n    print('held', flush=True)\n"
             "print('not reached')\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == -signal.SIGTERM and done.stdout == "held\n", (done.returncode, done.stdout, done.stderr)
