@@ -57,6 +57,7 @@ class Scheduler:
     progress: "Any"
     watch: st.FileWatch
     asked: list[int] = field(default_factory=list)
+    asked_at: dict[int, float] = field(default_factory=dict)  # number -> when it was asked (for its start-up time)
     failures: list[str] = field(default_factory=list)
     inflight: dict[Future, optuna.trial.Trial] = field(default_factory=dict)
     callbacks: list = field(default_factory=list)  # (name, callback(study, frozen_trial)), after each trial ends
@@ -77,7 +78,6 @@ class Scheduler:
         stop_asking_at = started + min(_inf(limits.timeout), _inf(limits.time_budget))
         deadline = time.time() + limits.time_budget if limits.time_budget else None
         self.progress.deadline = stop_asking_at if stop_asking_at < math.inf else None
-        self._asked_at: dict[int, float] = {}
         self.handle.start_heartbeats(lambda: [t.number for t in list(self.inflight.values())] + list(self.paused))
         self._next_stale_check = started + self.handle.heartbeat_interval
         self._adopt()
@@ -160,7 +160,7 @@ class Scheduler:
         trial_id = self.handle.trial_id(number)
         self.handle.backend.set_trial_system_attr(trial_id, attrs.PROMOTED, step)
         self.handle.backend.set_trial_system_attr(trial_id, attrs.PAUSED, None)
-        self._asked_at[number] = time.time()
+        self.asked_at[number] = time.time()
         self.inflight[self.runner.submit(self.make_job(trial), number)] = trial
         self.progress.resumed(number, step)
         return True
@@ -231,7 +231,7 @@ class Scheduler:
             else:
                 trial = self.handle.ask(self.distributions, deadline)
             self.asked.append(trial.number)
-            self._asked_at[trial.number] = time.time()
+            self.asked_at[trial.number] = time.time()
         try:
             overrides = self.make_job(trial)
         except UserError:
@@ -311,7 +311,7 @@ class Scheduler:
         if outcome is not None:
             values = {attrs.NODE: outcome.node, attrs.GPUS: outcome.gpus}
             if outcome.started is not None:
-                values[attrs.STARTUP_SECONDS] = round(max(0.0, outcome.started - self._asked_at[number]), 3)
+                values[attrs.STARTUP_SECONDS] = round(max(0.0, outcome.started - self.asked_at[number]), 3)
             if outcome.seconds is not None:
                 values[attrs.RUN_SECONDS] = round(outcome.seconds, 3)
         elif isinstance(error, WorkerDied):

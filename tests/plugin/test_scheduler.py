@@ -94,11 +94,15 @@ def test_ctrl_c_while_the_study_makes_a_trial_lands_after_the_sweep_owns_it(monk
         return trial
 
     monkeypatch.setattr(handle, "ask", ask_then_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):
-        scheduler._start_one(None)
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # Python's own, whatever ran here before
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            scheduler._start_one(None)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+    finally:
+        signal.signal(signal.SIGINT, before)
     (trial,) = handle.study.get_trials(deepcopy=False)
     assert scheduler.asked == [trial.number] and trial.state == TrialState.RUNNING
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
 def test_a_signal_deferred_to_a_default_handler_still_ends_the_process():
