@@ -3,13 +3,14 @@ payload, sent once per worker, and one trial run as Hydra's own launchers run it
 
 from __future__ import annotations
 
+import copy
 import marshal
 import os
 import socket
 import sys
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,9 @@ class Payload:
     config: Any
     task_function: Any
     singleton_state: Any
+    # in a worker: configs composed once, and the config groups under each folder (job_config_of)
+    composed: dict = field(default_factory=dict, repr=False)
+    groups: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def of(cls, hydra_context, config, task_function) -> bytes:
@@ -94,7 +98,7 @@ def _run(payload: Payload, idx: int, overrides: list[str], console: str) -> JobR
             os.chdir(home)
         setup_globals()
         Singleton.set_state(payload.singleton_state)
-        job_config = payload.hydra_context.config_loader.load_sweep_config(payload.config, list(overrides))
+        job_config = job_config_of(payload, list(overrides))
         with open_dict(job_config):
             job_config.hydra.job.id = f"{job_config.hydra.job.name}_{idx}"
             job_config.hydra.job.num = idx
@@ -120,6 +124,97 @@ def _run(payload: Payload, idx: int, overrides: list[str], console: str) -> JobR
     except Exception as e:  # the job's config would not compose, or its folder cannot be made: the trial fails
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
     return ret
+
+
+def job_config_of(payload: Payload, overrides: list[str]) -> Any:
+    """The job's config, as Hydra's load_sweep_config composes it.
+
+    Hydra composes every job from scratch: ~100 ms here, most of an instant trial's time in its worker. But a sweep's
+    jobs differ in the values of its parameters (and in the trial's environment variables), and Hydra sets those on
+    the composed config after composing. So a config is composed once per choice of config groups, and each job's
+    values are set on a copy as Hydra sets them. Anything else, and any value Hydra would reject, goes to Hydra's own
+    call. tests/plugin/test_private_api.py compares both ways."""
+    from omegaconf import OmegaConf, open_dict
+
+    loader, master = payload.hydra_context.config_loader, payload.config
+    try:
+        split = _split_overrides(payload, overrides)
+    except Exception:  # Hydra says what is wrong with them, as Hydra words it
+        split = None
+    if split is None:
+        return loader.load_sweep_config(master, overrides)
+    parsed, groups, dirname = split
+    base = payload.composed.get(groups)
+    if base is None:
+        if len(payload.composed) >= 16:  # a sweep over many group choices: keep the latest
+            payload.composed.pop(next(iter(payload.composed)))
+        base = payload.composed[groups] = loader.load_sweep_config(master, list(groups))
+    config = copy.deepcopy(base)
+    try:
+        for o in parsed:
+            if o.input_line in groups:
+                continue
+            if o.is_add():  # Hydra adds a value only where there is none
+                if OmegaConf.select(config, o.key_or_group, throw_on_missing=False) is not None:
+                    raise KeyError(o.key_or_group)
+                OmegaConf.update(config, o.key_or_group, o.value(), merge=True, force_add=True)
+            else:
+                OmegaConf.update(config, o.key_or_group, o.value(), merge=True)
+    except Exception:
+        return loader.load_sweep_config(master, overrides)
+    task = [o for o in parsed if not o.is_hydra_override()]
+    with open_dict(config.hydra):
+        config.hydra.overrides.task = []
+        for o in parsed:  # appended as Hydra does (a line may hold an interpolation: never resolved here)
+            (config.hydra.overrides.hydra if o.is_hydra_override() else config.hydra.overrides.task).append(o.input_line)
+        if dirname is not None:  # Hydra 1.3 writes the folder name when it composes; 1.4 resolves it when read
+            options = config.hydra.job.config.override_dirname
+            config.hydra.job.override_dirname = dirname(overrides=task, exclude_keys=list(options.exclude_keys),
+                                                        item_sep=options.item_sep, kv_sep=options.kv_sep)
+    OmegaConf.copy_cache(from_config=master, to_config=config)
+    return config
+
+
+def _split_overrides(payload: Payload, overrides: list[str]):
+    """(the parsed overrides, those that choose a config group, Hydra 1.3's folder-name function or None), or None
+    where the job's config has to be Hydra's own composition: only `key=value` on the app's config or a config group,
+    and `+hydra.job.env_set.NAME=value`, are set on a composed config."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from omegaconf import OmegaConf
+
+    master, loader = payload.config, payload.hydra_context.config_loader
+    if OmegaConf.select(master, "hydra.aliases"):  # Hydra 1.4's aliases rename keys on the way in
+        return None
+    dirname = None
+    if not OmegaConf.is_interpolation(master.hydra.job, "override_dirname"):
+        try:  # the one private piece: Hydra 1.3's own function for hydra.job.override_dirname
+            from hydra._internal.config_loader_impl import get_overrides_dirname as dirname
+        except ImportError:
+            return None
+    env_copy = set(master.hydra.job.env_copy)
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    groups = []
+    for o in parsed:
+        if (o.package is not None or o.is_sweep_override() or getattr(o, "is_value_path", False)
+                or o.type not in (OverrideType.CHANGE, OverrideType.ADD)):
+            return None
+        key, value = o.key_or_group, o.value()
+        if o.is_hydra_override():  # a trial's environment is set when the job runs; nothing else may change
+            name = key[len("hydra.job.env_set."):]
+            if not key.startswith("hydra.job.env_set.") or "." in name or name in env_copy or not isinstance(value, str):
+                return None
+            continue
+        if o.type is not OverrideType.CHANGE:
+            return None
+        parent, _, name = key.rpartition("/")
+        if parent not in payload.groups:
+            payload.groups[parent] = set(loader.list_groups(parent))
+        if name in payload.groups[parent]:
+            if isinstance(value, dict):  # Hydra merges a dict into the config even where a group has the name
+                return None
+            groups.append(o.input_line)
+    return parsed, tuple(groups), dirname
 
 
 class _output_to:

@@ -86,3 +86,49 @@ def test_a_report_written_into_optunas_sqlite_tables_reads_back_through_optuna(t
 
 def _refuse(*args):
     raise AssertionError("the report went through Optuna's call")
+
+
+def test_a_jobs_config_set_on_a_composed_copy_is_hydras_own_composition(tmp_path):
+    # sweep.launchers.job.job_config_of composes once and sets each job's values as Hydra does after composing, with
+    # Hydra 1.3's private function for hydra.job.override_dirname: every config here must equal Hydra's own.
+    from types import SimpleNamespace
+
+    import hydra
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from sweep.launchers.job import Payload, job_config_of
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "app.yaml").write_text("defaults:\n  - model: small\n  - _self_\nlr: 0.1\nname: run\nlayers: [1, 2]\n"
+                                       "opt: {momentum: 0.9, nesterov: false}\nderived: ${lr}\n")
+    (tmp_path / "model" / "small.yaml").write_text("width: 8\n")
+    (tmp_path / "model" / "big.yaml").write_text("width: 64\ndepth: 3\n")
+    env = ["+hydra.job.env_set.SWEEP_TRIAL='3'", "+hydra.job.env_set.SWEEP_STUDY='s'"]
+    jobs = [["lr=0.5", "name=abc", *env, "+hydra.job.env_set.WHERE=at_${hydra.job.num}", "derived=at_${hydra:job.num}"], ["lr=0.25", "name=x y", *env], ["layers=[4,5,6]", "opt={momentum: 0.5}"],
+            ["opt={nesterov: true}"], ["opt.nesterov=true", "derived=${name}", "lr=null"], ["model=big", "lr=1e-3"],
+            ["model.width=16", "model=big", *env], ["model=small", "model.width=2"], ["+extra=1"], ["lr=2", "lr=3"]]
+    with initialize_config_dir(config_dir=str(tmp_path), **({"version_base": None} if hydra.__version__ < "1.4" else {})):
+        loader = GlobalHydra.instance().config_loader()
+        master = loader.load_configuration(config_name="app", overrides=[f"hydra.sweep.dir={tmp_path / 'out'}",
+                                                                      "hydra.sweep.subdir=at_${hydra.job.num}"],
+                                           run_mode=RunMode.MULTIRUN)
+        payload = Payload(SimpleNamespace(config_loader=loader), master, None, None)
+        composed = []
+        own = loader.load_sweep_config
+        loader.load_sweep_config = lambda config, overrides: composed.append(overrides) or own(config, overrides)
+        for overrides in jobs:
+            ours, hydras = job_config_of(payload, list(overrides)), own(master, list(overrides))
+            assert OmegaConf.to_yaml(ours) == OmegaConf.to_yaml(hydras), overrides
+            assert OmegaConf.to_container(ours.hydra.overrides) == OmegaConf.to_container(hydras.hydra.overrides)
+            assert OmegaConf.is_struct(ours) and not OmegaConf.is_readonly(ours.hydra)
+        for wrong in (["nope=1"], ["lr={a: 1}", "model=huge"], ["+lr=1"]):  # Hydra's own error, in Hydra's words
+            with pytest.raises(Exception) as hydras:
+                own(master, wrong)
+            with pytest.raises(type(hydras.value), match=str(hydras.value).splitlines()[0]):
+                job_config_of(payload, wrong)
+        # composed once per choice of the model group, and left as composed; Hydra's own call for the rest
+        assert composed == [[], ["model=big"], ["model=small"], ["+extra=1"], ["nope=1"], ["model=huge"], ["+lr=1"]]
+        assert OmegaConf.to_yaml(payload.composed[()]) == OmegaConf.to_yaml(own(master, []))
