@@ -107,10 +107,12 @@ def test_a_jobs_config_set_on_a_composed_copy_is_hydras_own_composition(tmp_path
     (tmp_path / "model" / "small.yaml").write_text("width: 8\n")
     (tmp_path / "model" / "big.yaml").write_text("width: 64\ndepth: 3\n")
     env = ["+hydra.job.env_set.SWEEP_TRIAL='3'", "+hydra.job.env_set.SWEEP_STUDY='s'"]
-    jobs = [["lr=0.5", "name=abc", *env, "+hydra.job.env_set.WHERE=at_${hydra.job.num}", "derived=at_${hydra:job.num}"], ["lr=0.25", "name=x y", *env], ["layers=[4,5,6]", "opt={momentum: 0.5}"],
-            ["opt={nesterov: true}"], ["opt.nesterov=true", "derived=${name}", "lr=null"], ["model=big", "lr=1e-3"],
+    jobs = [["lr=0.5", "name=abc", *env, "+hydra.job.env_set.WHERE=at_${hydra.job.num}", "derived=at_${hydra:job.num}"],
+            ["lr=0.25", "name=x y", *env], ["layers=[4,5,6]", "opt={momentum: 0.5}"], ["opt={nesterov: true}"],
+            ["opt.nesterov=true", "derived=${name}", "lr=null"], ["model=big", "lr=1e-3"],
             ["model.width=16", "model=big", *env], ["model=small", "model.width=2"], ["+extra=1"], ["lr=2", "lr=3"]]
-    with initialize_config_dir(config_dir=str(tmp_path), **({"version_base": None} if hydra.__version__ < "1.4" else {})):
+    version = {"version_base": None} if hydra.__version__ < "1.4" else {}  # 1.3 needs it, 1.4 warns about it
+    with initialize_config_dir(config_dir=str(tmp_path), **version):
         loader = GlobalHydra.instance().config_loader()
         master = loader.load_configuration(config_name="app", overrides=[f"hydra.sweep.dir={tmp_path / 'out'}",
                                                                       "hydra.sweep.subdir=at_${hydra.job.num}"],
