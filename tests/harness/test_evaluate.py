@@ -11,6 +11,13 @@ from sweep.mlp.evaluate import evaluate_checkpoint, find_checkpoint, load_model,
 from sweep.mlp.train import METRIC, train
 
 
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    """Evaluation caches decoded data in ~/.cache/sweep (a checkpoint never says where): a home of the test's own."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
 def test_digits_checkpoint_round_trips_and_scores_on_the_test_split(make_cfg, tmp_path):
     cfg = make_cfg("data=digits", "trainer.epochs=15", "trainer.save_checkpoint=true", "model.norm=batch")
     metrics = train(cfg, tmp_path)
@@ -27,7 +34,7 @@ def test_digits_checkpoint_round_trips_and_scores_on_the_test_split(make_cfg, tm
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 5000
 
 
-def test_imagefolder_test_split_from_the_command_line(tmp_path):
+def test_imagefolder_test_split_from_the_command_line(tmp_path, home):
     root = write_imagefolder(tmp_path / "imgs", per_class=20, test_per_class=5)
     trained = train_cli("data=imagefolder", f"data.root={root}", "data.val_size=15", "trainer.epochs=10",
                         "optimizer=adamw", "optimizer.lr=3e-3", "trainer.save_checkpoint=true", cwd=tmp_path)
@@ -40,6 +47,7 @@ def test_imagefolder_test_split_from_the_command_line(tmp_path):
     metrics = json.loads((run / "test_metrics.json").read_text())
     assert metrics["test_images"] == 15 and set(metrics["per_class_accuracy"]) == {"cat", "dog", "frog"}
     assert f"test accuracy {metrics['test_accuracy']:.4f}" in result.stdout
+    assert len(list((home / ".cache" / "sweep").glob("imagefolder-*.pt"))) == 1
 
 
 def test_no_test_split_is_refused(make_cfg, tmp_path):
