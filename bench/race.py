@@ -20,6 +20,8 @@ Every contender trains sweep.train's MLP, two trials at a time on this machine, 
 - sweep, halving: this project's sweeper, pool launcher, successive halving (min_resource 1, reduction factor 4)
 - sweep, median: the same with the median pruner (this app's preset; digits only)
 - sweep, budget + median: the sweeper as it comes (its default sampler and pruner; cifar10 only)
+- sweep, budget across + median: the same with `hydra.sweeper.sampler.rungs=across` (--space default, when --only
+  names it)
 - hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none),
   max_failure_rate=1 (by default it ends the sweep at the first diverged trial)
 - Ray Tune: OptunaSearch with ASHA (grace period 1, reduction factor 4), reuse_actors=True (bench/race_tune.py)
@@ -144,7 +146,16 @@ def _run_sweep(argv: list[str], work: Path, study_name: str, stop_after: float |
             points.append((t.datetime_complete.timestamp() - start, best))
     epochs = sum(json.loads(p.read_text())["epochs_run"] for p in work.glob("multirun/*/*/*/metrics.json"))
     first = min((t.datetime_start.timestamp() - start for t in study.trials if t.datetime_start), default=math.nan)
-    return {"wall": wall, "first": first, "epochs": epochs, "points": points, "failed": failed}
+    return {"wall": wall, "first": first, "epochs": epochs, "points": points, "failed": failed,
+            "trials": [_trial_record(t, start) for t in study.trials]}
+
+
+def _trial_record(t, start: float) -> dict:
+    """What a trial tried and how it went, kept with the round: where a search spent its time can be read later."""
+    seconds = lambda d: None if d is None else round(d.timestamp() - start, 2)  # noqa: E731
+    return {"number": t.number, "state": t.state.name, "params": t.params, "value": t.value,
+            "curve": [t.intermediate_values[s] for s in sorted(t.intermediate_values)],
+            "started": seconds(t.datetime_start), "ended": seconds(t.datetime_complete)}
 
 
 def _failed(wall: float) -> dict:
@@ -205,6 +216,8 @@ def main() -> None:
             "hydra/sweeper/pruner=halving", "hydra.sweeper.pruner.min_resource=1", "hydra.sweeper.pruner.reduction_factor=4"]),
         "sweep, median (pool)": lambda w, s: ours(race, w, s, []),
         "sweep, budget + median (pool)": lambda w, s: ours(race, w, s, [], sampler=None),
+        "sweep, budget across + median (pool)": lambda w, s: ours(race, w, s, ["hydra.sweeper.sampler.rungs=across"],
+                                                                   sampler=None),
         UPSTREAM: lambda w, s: upstream(race, w, s),
         RAY: lambda w, s: tune(race, w, s),
     }
@@ -213,6 +226,8 @@ def main() -> None:
         del contenders["sweep, halving (pool)" if args.space == "default" else "sweep, budget + median (pool)"]
     else:
         del contenders["sweep, budget + median (pool)"]
+    if not (cifar and args.space == "default" and args.only):  # a variant of the default sampler: raced when named
+        del contenders["sweep, budget across + median (pool)"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}
     setup = {"data": args.data, "space": args.space, "budget": args.budget, "epochs": args.epochs,
