@@ -223,6 +223,10 @@ class OptunaPolicy:
             "budget": lambda: BudgetSampler(seed=seed),
             "budget-noliar": lambda: BudgetSampler(seed=seed, constant_liar=False),
             "budget-across": lambda: BudgetSampler(seed=seed, rungs="across"),
+            "budget-last": lambda: BudgetSampler(seed=seed, rungs="last"),
+            "budget-multivariate": lambda: BudgetSampler(seed=seed, multivariate=True),
+            "budget-startup5": lambda: BudgetSampler(seed=seed, n_startup_trials=5),
+            "budget-startup20": lambda: BudgetSampler(seed=seed, n_startup_trials=20),
         }
         pruners = {
             "none": optuna.pruners.NopPruner,
@@ -329,6 +333,10 @@ CONTENDERS = {
     "ours: tpe + asha (promotion)": ("tpe", "asha", False),
     "ours: budget + asha (promotion)": ("budget", "asha", False),
     "ours: budget across rungs + median": ("budget-across", "median", False),
+    "ours: budget last value + median": ("budget-last", "median", False),
+    "ours: budget multivariate + median": ("budget-multivariate", "median", False),
+    "ours: budget, 5 startup trials + median": ("budget-startup5", "median", False),
+    "ours: budget, 20 startup trials + median": ("budget-startup20", "median", False),
     "ours: budget across rungs + asha": ("budget-across", "asha", False),
     "ours: budget + median, warm-up 10%": ("budget", "median-warm10", False),
     "ours: budget + median, warm-up 25%": ("budget", "median-warm25", False),

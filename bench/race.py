@@ -20,8 +20,8 @@ Every contender trains sweep.train's MLP, two trials at a time on this machine, 
 - sweep, halving: this project's sweeper, pool launcher, successive halving (min_resource 1, reduction factor 4)
 - sweep, median: the same with the median pruner (this app's preset; digits only)
 - sweep, budget + median: the sweeper as it comes (its default sampler and pruner; cifar10 only)
-- sweep, budget across + median: the same with `hydra.sweeper.sampler.rungs=across` (--space default, when --only
-  names it)
+- sweep, budget across + median and sweep, budget last + median: the same with `hydra.sweeper.sampler.rungs=across`
+  or `last` (--space default, when --only names them)
 - hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none),
   max_failure_rate=1 (by default it ends the sweep at the first diverged trial)
 - Ray Tune: OptunaSearch with ASHA (grace period 1, reduction factor 4), reuse_actors=True (bench/race_tune.py)
@@ -218,6 +218,8 @@ def main() -> None:
         "sweep, budget + median (pool)": lambda w, s: ours(race, w, s, [], sampler=None),
         "sweep, budget across + median (pool)": lambda w, s: ours(race, w, s, ["hydra.sweeper.sampler.rungs=across"],
                                                                    sampler=None),
+        "sweep, budget last + median (pool)": lambda w, s: ours(race, w, s, ["hydra.sweeper.sampler.rungs=last"],
+                                                                 sampler=None),
         UPSTREAM: lambda w, s: upstream(race, w, s),
         RAY: lambda w, s: tune(race, w, s),
     }
@@ -226,8 +228,8 @@ def main() -> None:
         del contenders["sweep, halving (pool)" if args.space == "default" else "sweep, budget + median (pool)"]
     else:
         del contenders["sweep, budget + median (pool)"]
-    if not (cifar and args.space == "default" and args.only):  # a variant of the default sampler: raced when named
-        del contenders["sweep, budget across + median (pool)"]
+    if not (cifar and args.space == "default" and args.only):  # variants of the default sampler: raced when named
+        del contenders["sweep, budget across + median (pool)"], contenders["sweep, budget last + median (pool)"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}
     setup = {"data": args.data, "space": args.space, "budget": args.budget, "epochs": args.epochs,

@@ -111,7 +111,7 @@ class BudgetSamplerConf(TPESamplerConf):
     _target_: str = "sweep.sweeper.sampler.BudgetSampler"
     min_trials: int = 10  # trials that must have reached an epoch before the model is fitted at it
     # top: fit at the largest epoch min_trials reached (BOHB); across: every trial at its own last epoch, scored by
-    # its quantile among the trials that reached that epoch
+    # its quantile among the trials that reached that epoch; last: every trial with its best value by its last epoch
     rungs: str = "top"
     constant_liar: bool = True  # running trials count as bad ones, so parallel workers spread out
 

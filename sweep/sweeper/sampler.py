@@ -8,7 +8,8 @@ budget is a low rung; it rises as trials get further.
 
 With `rungs="across"` every finished trial counts at the largest step it reached, scored by where it stood there
 among the trials that reached that step too (a quantile, 1 = best): a model across budgets in the spirit of
-Hyper-Tune and MOBSTER, on the same view.
+Hyper-Tune and MOBSTER, on the same view. With `rungs="last"` every finished trial counts with its best value up
+to the last step it reached, as Ray Tune's OptunaSearch tells TPE a stopped trial's last result.
 
 Built on Optuna's public API: the wrapped sampler sees an in-memory study of those values instead of the sweep's.
 """
@@ -40,9 +41,9 @@ class BudgetSampler(BaseSampler):
             self._base = sampler or TPESampler(constant_liar=constant_liar, **tpe)
         if isinstance(min_trials, bool) or not isinstance(min_trials, int) or min_trials < 1:
             raise ValueError(f"min_trials={min_trials!r}: expected an integer >= 1")
-        if rungs not in ("top", "across"):
-            raise ValueError(f"rungs={rungs!r}: expected top or across")
-        self._min_trials, self._across = min_trials, rungs == "across"
+        if rungs not in ("top", "across", "last"):
+            raise ValueError(f"rungs={rungs!r}: expected top, across or last")
+        self._min_trials, self._rungs = min_trials, rungs
         self._views: dict[int, tuple[optuna.Study, FrozenTrial]] = {}
 
     def reseed_rng(self) -> None:
@@ -70,8 +71,9 @@ class BudgetSampler(BaseSampler):
             self._views = {trial.number: (study, trial)}
             return study, trial
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-        view = _quiet_study("maximize" if self._across else study.direction)
-        scored = _quantiles(finished, maximize) if self._across else _at_budget(finished, step, maximize)
+        view = _quiet_study("maximize" if self._rungs == "across" else study.direction)
+        scored = {"top": lambda: _at_budget(finished, step, maximize), "across": lambda: _quantiles(finished, maximize),
+                  "last": lambda: _at_last(finished, maximize)}[self._rungs]()
         for t, value in scored:
             view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
         for t in trials:  # the running ones, for constant_liar
@@ -108,6 +110,12 @@ def _best_up_to(t: FrozenTrial, step: int, maximize: bool) -> float | None:
 def _at_budget(trials: list[FrozenTrial], step: int, maximize: bool) -> list[tuple[FrozenTrial, float]]:
     """BOHB: each trial that reached `step`, with its best value up to it."""
     found = [(t, _best_up_to(t, step, maximize)) for t in trials if max(t.intermediate_values, default=-1) >= step]
+    return [(t, v) for t, v in found if v is not None]
+
+
+def _at_last(trials: list[FrozenTrial], maximize: bool) -> list[tuple[FrozenTrial, float]]:
+    """Ray Tune's OptunaSearch, nearly: each trial with its best value up to the last step it reached."""
+    found = [(t, _best_up_to(t, max(t.intermediate_values), maximize)) for t in trials if t.intermediate_values]
     return [(t, v) for t, v in found if v is not None]
 
 

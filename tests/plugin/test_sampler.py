@@ -73,6 +73,23 @@ def test_across_rungs_every_trial_counts_by_where_it_stood_at_its_last_epoch():
     assert sorted(seen.seen, key=lambda s: s[1]) == [(TrialState.COMPLETE, 0.1, 0.0), (TrialState.COMPLETE, 0.3, 1.0)]
 
 
+def test_last_rungs_every_trial_counts_with_its_best_value_by_its_last_epoch():
+    seen = Seen()
+    study = optuna.create_study(direction="minimize", sampler=BudgetSampler(seen, min_trials=2, rungs="last"))
+    study.add_trial(_trial(0.1, [0.9, 0.5, 0.7], TrialState.PRUNED))  # stopped at epoch 3, its best by then
+    study.add_trial(_trial(0.2, [0.8, 0.6, 0.4, 0.3]))                # finished
+    study.add_trial(_trial(0.3, [math.nan], TrialState.PRUNED))       # diverged at once: nothing to count
+    study.add_trial(_trial(0.4, [0.4], TrialState.PRUNED))            # stopped at epoch 1
+    study.ask(SPACE)
+    assert sorted(seen.seen, key=lambda s: s[1]) == [
+        (TrialState.COMPLETE, 0.1, 0.5), (TrialState.COMPLETE, 0.2, 0.3), (TrialState.COMPLETE, 0.4, 0.4)]
+
+
+def test_an_unknown_rungs_is_refused():
+    with pytest.raises(ValueError, match="rungs='bottom': expected top, across or last"):
+        BudgetSampler(rungs="bottom")
+
+
 @pytest.mark.parametrize("maximize", [True, False])
 def test_across_rungs_scores_agree_with_their_definition_on_random_curves(maximize):
     # The scores are computed from sorted values per epoch (a sweep asks for them before every trial); here they
@@ -130,6 +147,8 @@ def test_a_sweep_with_the_budget_sampler_and_halving_learns_from_its_pruned_tria
     assert "created in memory" not in result.stdout + result.stderr  # the sampler's views are made quietly
 
 
-def test_a_bad_min_trials_is_one_line_naming_the_sampler(tmp_path):
-    result = run_app("--multirun", "hydra/sweeper/sampler=budget", "hydra.sweeper.sampler.min_trials=0", cwd=tmp_path)
-    assert_one_line_error(result, "hydra/sweeper/sampler", "min_trials=0", "integer >= 1")
+@pytest.mark.parametrize("setting, named, allowed", [("min_trials=0", "min_trials=0", "integer >= 1"),
+                                                     ("rungs=bottom", "rungs='bottom'", "top, across or last")])
+def test_a_bad_budget_setting_is_one_line_naming_the_sampler(tmp_path, setting, named, allowed):
+    result = run_app("--multirun", "hydra/sweeper/sampler=budget", f"hydra.sweeper.sampler.{setting}", cwd=tmp_path)
+    assert_one_line_error(result, "hydra/sweeper/sampler", named, allowed)
