@@ -224,7 +224,9 @@ class OptunaPolicy:
             "budget-noliar": lambda: BudgetSampler(seed=seed, constant_liar=False),
             "budget-across": lambda: BudgetSampler(seed=seed, rungs="across"),
             "budget-last": lambda: BudgetSampler(seed=seed, rungs="last"),
+            # Optuna 5's TPE is multivariate unless told otherwise (Optuna 4's is not); the plugin says so either way
             "budget-multivariate": lambda: BudgetSampler(seed=seed, multivariate=True),
+            "budget-independent": lambda: BudgetSampler(seed=seed, multivariate=False),
             "budget-startup5": lambda: BudgetSampler(seed=seed, n_startup_trials=5),
             "budget-startup20": lambda: BudgetSampler(seed=seed, n_startup_trials=20),
         }
@@ -335,6 +337,7 @@ CONTENDERS = {
     "ours: budget across rungs + median": ("budget-across", "median", False),
     "ours: budget last value + median": ("budget-last", "median", False),
     "ours: budget multivariate + median": ("budget-multivariate", "median", False),
+    "ours: budget independent + median": ("budget-independent", "median", False),
     "ours: budget, 5 startup trials + median": ("budget-startup5", "median", False),
     "ours: budget, 20 startup trials + median": ("budget-startup20", "median", False),
     "ours: budget across rungs + asha": ("budget-across", "asha", False),

@@ -114,6 +114,9 @@ class BudgetSamplerConf(TPESamplerConf):
     # its quantile among the trials that reached that epoch; last: every trial with its best value by its last epoch
     rungs: str = "top"
     constant_liar: bool = True  # running trials count as bad ones, so parallel workers spread out
+    # one model of all parameters together (Optuna 5's own default; the independent one fell behind both peers on
+    # every synthetic -mixed curve: docs/search.md)
+    multivariate: bool = True
 
 
 @dataclass

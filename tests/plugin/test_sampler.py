@@ -85,6 +85,21 @@ def test_last_rungs_every_trial_counts_with_its_best_value_by_its_last_epoch():
         (TrialState.COMPLETE, 0.1, 0.5), (TrialState.COMPLETE, 0.2, 0.3), (TrialState.COMPLETE, 0.4, 0.4)]
 
 
+def test_the_plugins_budget_sampler_models_the_parameters_together():
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from sweep.settings import BudgetSamplerConf
+
+    sampler = instantiate(OmegaConf.structured(BudgetSamplerConf))
+    study = optuna.create_study(sampler=sampler)
+    for x in (0.2, 0.4):
+        study.add_trial(create_trial(params={"x": x, "y": x}, distributions={**SPACE, "y": SPACE["x"]}, value=x))
+    trial = study.ask()
+    assert set(sampler.infer_relative_search_space(study, study.trials[-1])) == {"x", "y"}  # multivariate TPE
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def test_an_unknown_rungs_is_refused():
     with pytest.raises(ValueError, match="rungs='bottom': expected top, across or last"):
         BudgetSampler(rungs="bottom")
