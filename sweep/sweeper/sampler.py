@@ -72,8 +72,12 @@ class BudgetSampler(BaseSampler):
             return study, trial
         maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
         view = _quiet_study("maximize" if self._rungs == "across" else study.direction)
-        scored = {"top": lambda: _at_budget(finished, step, maximize), "across": lambda: _quantiles(finished, maximize),
-                  "last": lambda: _at_last(finished, maximize)}[self._rungs]()
+        if self._rungs == "across":
+            scored = _quantiles(finished, maximize)
+        elif self._rungs == "last":
+            scored = _at_last(finished, maximize)
+        else:
+            scored = _at_budget(finished, step, maximize)
         for t, value in scored:
             view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
         for t in trials:  # the running ones, for constant_liar
