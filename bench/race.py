@@ -183,6 +183,8 @@ def main() -> None:
     parser.add_argument("--replot", type=Path, help="no race: the table and --plot from a race's saved .json")
     parser.add_argument("--load", type=int, default=0, help="also race beside this many CPU-bound processes")
     parser.add_argument("--save", action="store_true", help="keep the table for the docs (bench/pages.py)")
+    parser.add_argument("--page", help="the docs' table --save writes (default: race-DATA, or race-DATA-SPACE), "
+                                       "so a race on another machine gets a table of its own")
     args = parser.parse_args()
     cifar = args.data == "cifar10"
     args.space = args.space or ("tutorial" if cifar else "digits")
@@ -193,7 +195,7 @@ def main() -> None:
     work = f"{args.budget:.0f} s each" if args.budget else f"{args.trials} trials"
     what = f"{args.data} ({args.space} space), {work}, up to {args.epochs} epochs a trial"
     race = Race(args.data, args.space, args.trials, args.epochs, args.budget, None)
-    page = f"race-{args.data}" + ("" if args.space in ("digits", "tutorial") else f"-{args.space}")
+    page = args.page or f"race-{args.data}" + ("" if args.space in ("digits", "tutorial") else f"-{args.space}")
     if args.replot:
         runs = json.loads(args.replot.read_text())
         where = runs.pop("measured", None)  # the race's command, machine and date
