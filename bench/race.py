@@ -21,7 +21,8 @@ Every contender trains sweep.train's MLP, two trials at a time on this machine, 
 - sweep, median: the same with the median pruner (this app's preset; digits only)
 - sweep, budget + median: the sweeper as it comes (its default sampler and pruner; cifar10 only)
 - sweep, budget across + median and sweep, budget last + median: the same with `hydra.sweeper.sampler.rungs=across`
-  or `last` (--space default, when --only names them)
+  or `last`; sweep, budget + asha: with `hydra/sweeper/pruner=asha` (rungs as Ray Tune's ASHA below, with
+  promotion) (--space default, when --only names them)
 - hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none),
   max_failure_rate=1 (by default it ends the sweep at the first diverged trial)
 - Ray Tune: OptunaSearch with ASHA (grace period 1, reduction factor 4), reuse_actors=True (bench/race_tune.py)
@@ -222,6 +223,7 @@ def main() -> None:
                                                                    sampler=None),
         "sweep, budget last + median (pool)": lambda w, s: ours(race, w, s, ["hydra.sweeper.sampler.rungs=last"],
                                                                  sampler=None),
+        "sweep, budget + asha (pool)": lambda w, s: ours(race, w, s, ["hydra/sweeper/pruner=asha"], sampler=None),
         UPSTREAM: lambda w, s: upstream(race, w, s),
         RAY: lambda w, s: tune(race, w, s),
     }
@@ -231,7 +233,8 @@ def main() -> None:
     else:
         del contenders["sweep, budget + median (pool)"]
     if not (cifar and args.space == "default" and args.only):  # variants of the default sampler: raced when named
-        del contenders["sweep, budget across + median (pool)"], contenders["sweep, budget last + median (pool)"]
+        for variant in ("budget across + median", "budget last + median", "budget + asha"):
+            del contenders[f"sweep, {variant} (pool)"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}
     setup = {"data": args.data, "space": args.space, "budget": args.budget, "epochs": args.epochs,
@@ -240,9 +243,11 @@ def main() -> None:
     columns, rows = [], []
     for condition, load in conditions(args.load):
         runs: dict[str, list[dict]] = {name: [] for name in contenders}
+        others: dict[str, list[dict]] = {}  # contenders this run leaves out (--only): kept in the .json as they were
         if kept and not load and kept.exists():  # rounds measured before: kept, not run again
             old = json.loads(kept.read_text())
             if old.get("setup") == setup:
+                others = {k: v for k, v in old.items() if k not in contenders and k not in ("setup", "measured")}
                 runs = {name: old.get(name, [])[:args.rounds] for name in contenders}
                 print(f"kept from {kept}: " + ", ".join(f"{n}: {len(r)} round(s)" for n, r in runs.items()), flush=True)
         with cpu_hogs(load):
@@ -258,8 +263,8 @@ def main() -> None:
                           f"{result['first']:.1f} s, {result['epochs']} epochs, best {best_by(result['points'], race.budget):.4f}"
                           f"{' (ended early: failed)' * result['failed']}", flush=True)
                     if kept and not load:  # every result so far, so a race cut short keeps what it measured
-                        atomic.write_text(kept, json.dumps({**runs, "setup": setup, "measured": pages.measured_here()},
-                                                           indent=1))
+                        atomic.write_text(kept, json.dumps({**others, **runs, "setup": setup,
+                                                            "measured": pages.measured_here()}, indent=1))
         print(f"\n## {condition} (load average {os.getloadavg()[0]:.1f} at the end)")
         found = summarize(runs, race)
         columns = ["condition"] + found[0]
