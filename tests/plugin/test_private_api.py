@@ -1,11 +1,10 @@
 """The private parts of other projects that sweep still relies on, each used in one place. These fail when an upgrade
 changes them, instead of a sweep failing later."""
 
+import math
 import multiprocessing
 import os
 import subprocess
-
-import math
 
 import optuna
 import pytest
