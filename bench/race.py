@@ -293,6 +293,13 @@ def best_by(points: list[tuple[float, float]], t: float | None) -> float:
     return max((v for s, v in points if t is None or s <= t), default=math.nan)
 
 
+def _median_best(values: list[float]) -> str:
+    """The median over rounds of a best so far, a round that had nothing yet counting as the lowest ("-" when the
+    median falls there)."""
+    median = statistics.median(-math.inf if math.isnan(v) else v for v in values)
+    return f"{median:.4f}" if median > -math.inf else "-"
+
+
 def _median_time(times: list[float | None]) -> str:
     """The median over rounds of a time to reach something, a round that never did counting as the longest."""
     med = statistics.median(math.inf if t is None else t for t in times)
@@ -325,7 +332,7 @@ def summarize(runs: dict[str, list[dict]], race: Race) -> tuple[list[str], list[
             rows.append([f"{name}{note}", str(len(results)), f"{med([x['first'] for x in results]):.1f}",
                          f"{med([len(x['points']) for x in results]):.0f}", f"{med([x['epochs'] for x in results]):.0f}",
                          f"{med(finals):.4f} ({min(finals):.4f}..{max(finals):.4f})"]
-                        + [f"{med([best_by(x['points'], m) for x in results]):.4f}" for m in marks]
+                        + [_median_best([best_by(x["points"], m) for x in results]) for m in marks]
                         + [_median_time([time_to(x["points"], a) for x in results]) for a in race.targets] + to_peer)
         print()
         return pages.show(columns, rows)
