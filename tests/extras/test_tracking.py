@@ -62,13 +62,15 @@ def server(tmp_path_factory):
 
 # A sweep whose outcome is known, whatever the sampler draws: the two enqueued trials at lr 0.03 learn well, and the
 # third, at 3e-5, starts once one of them has completed, so the median pruner (one trial to compare with) stops it at
-# its first epoch: pruned and completed trials both exist.
-SWEEP = ["--multirun", "search=digits", "data=digits", "trainer.epochs=3", "model.depth=1", "model.width=64",
+# its first epoch: pruned and completed trials both exist. The two good ones differ in width because the sweeper
+# enqueues a configuration only once (a rerun must not add it again).
+SWEEP = ["--multirun", "search=digits", "data=digits", "trainer.epochs=3", "model.depth=1", "model.width=choice(64,32)",
          "optimizer=adamw", "model.dropout=0", "optimizer.lr=choice(0.03,0.00003)", "hydra.sweeper.n_trials=8",
          "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=1",
          "hydra.sweeper.pruner.n_warmup_steps=0", "trainer.save_checkpoint=true",
          "hydra.sweeper.report=false",  # the report is tested elsewhere
-         "hydra.sweeper.enqueue=[{optimizer.lr:0.03},{optimizer.lr:0.03},{optimizer.lr:0.00003}]"]
+         "hydra.sweeper.enqueue=[{optimizer.lr:0.03,model.width:64},{optimizer.lr:0.03,model.width:32},"
+         "{optimizer.lr:0.00003,model.width:64}]"]
 
 
 def states(cwd: Path, study: str = "digits") -> dict[int, str]:
