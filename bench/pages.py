@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import re
 import shlex
 import sys
@@ -58,10 +59,80 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+# The README's comparison: ours as it comes and with asha, beside the peers, from these saved races and curves.
+CIFAR = "CIFAR-10, the whole MLP space"
+SUMMARY = {"race-cifar10-default": CIFAR, "race-cifar10-default-epyc": CIFAR, "curves": "synthetic curves",
+           "curves-mixed": "synthetic curves"}
+CONTENDERS = {"default": ("sweep, budget + median (pool)", "ours: budget + median"),
+              "asha": ("sweep, budget + asha (pool)", "ours: budget + asha (promotion)"),
+              "upstream": ("hydra-optuna-sweeper (joblib)", "upstream (TPE, no pruning, batches)"),
+              "ray": ("Ray Tune, ASHA, reuse_actors", "ray (ASHA + OptunaSearch)")}
+
+
+def summary() -> str:
+    """The README's table, built from saved results only: each setting's final best, median (range), for ours (as
+    it comes, and with asha) and each peer, and when ours first matched each peer's final best beside when that
+    peer itself got there."""
+    lines = ["Built by `python bench/pages.py` from the saved tables in [docs/benchmarks.md](docs/benchmarks.md), "
+             "each row on its own machine. Final best: median (range) over the rounds or seeds, ours as it comes "
+             "(`budget` sampler, `median` pruner) and with `hydra/sweeper/pruner=asha` (- where not run). Time to a "
+             "peer's best: ours as it comes / with asha / the peer itself, in seconds (races) or as a share of the "
+             "budget (synthetic curves).", "",
+             "| benchmark | machine | ours | ours, asha | hydra-optuna-sweeper | Ray Tune "
+             "| time to upstream's best | time to Ray's best |", "|" + "---|" * 8]
+    tally: list[dict] = []
+    for name, what in SUMMARY.items():
+        result = json.loads((RESULTS / f"{name}.json").read_text())
+        col = {c: i for i, c in enumerate(result["columns"])}
+        best, race = col["final best, median (range)"], "rounds" in col
+        to = {peer: col[f"{'s' if race else 'time'} to {peer}'s final best"] for peer in ("upstream", "Ray")}
+        keys = [i for c, i in col.items() if c in ("condition", "curves", "workers")]
+        machine = result["machine"].split(", torch")[0].replace("(R)", "").replace(" Processor", "")
+        groups: dict[tuple, dict] = {}
+        for row in result["rows"]:
+            who = next((k for k, names in CONTENDERS.items() if row[col["contender"]] in names), None)
+            if who:
+                groups.setdefault(tuple(row[i] for i in keys), {})[who] = row
+        for rows in groups.values():
+            tally.append(rows | {"to": to, "best": best})
+            mine = rows["default"]
+            if race:
+                budget = re.search(r"--budget (\d+)", result["command"])
+                where = f"{what}, {int(budget[1]) // 60} min a contender, {mine[col['rounds']]} rounds"
+            else:
+                seeds = re.search(r"over (\d+) seeds", result["spread"])
+                where = f"{what} `{mine[col['curves']]}`, {mine[col['workers']]} workers, {seeds[1]} seeds"
+            cells = [rows[who][best] if who in rows else "-" for who in CONTENDERS]
+            cells += [" / ".join(rows[who][to[peer]] if who in rows else "-"
+                                 for who in ("default", "asha", peer.lower())) for peer in ("upstream", "Ray")]
+            lines.append(f"| {where} | {machine} | " + " | ".join(cells) + " |")
+    return "\n".join(lines + ["", verdict(tally)])
+
+
+def verdict(groups: list[dict]) -> str:
+    """The goal, counted over the table's rows: a higher final best than both peers, and each peer's final best in
+    at most half of that peer's own time."""
+    def number(cell: str) -> float:
+        return math.inf if cell == "never" else float(cell.split()[0])
+
+    said = []
+    for who, label in (("default", "as it comes"), ("asha", "with asha")):
+        rows = [g for g in groups if who in g]
+        above = sum(number(g[who][g["best"]]) > max(number(g[p][g["best"]]) for p in ("upstream", "ray")) for g in rows)
+        half = {peer: sum(number(g[who][g["to"][peer]]) <= number(g[peer.lower()][g["to"][peer]]) / 2 for g in rows)
+                for peer in ("upstream", "Ray")}
+        said.append(f"{label} ended above both peers in {above} of its {len(rows)} rows, and reached "
+                    f"hydra-optuna-sweeper's final best in at most half that sweeper's own time in {half['upstream']} "
+                    f"and Ray Tune's in {half['Ray']}")
+    return "Counted over the rows: ours " + "; ours ".join(said) + "."
+
+
 def render(text: str, missing: list | None = None) -> str:
     """The page with each results block written from its saved JSON. A block without one raises, unless `missing`
     collects its name (the block is then left as it is)."""
     def block(match: re.Match) -> str:
+        if match["name"] == "summary":
+            return f"<!-- results: summary -->\n{summary()}\n<!-- /results -->"
         path = RESULTS / f"{match['name']}.json"
         if missing is not None and not path.exists():
             missing.append(match["name"])
