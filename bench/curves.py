@@ -233,6 +233,7 @@ class OptunaPolicy:
         pruners = {
             "none": optuna.pruners.NopPruner,
             "median": lambda: optuna.pruners.MedianPruner(n_startup_trials=5),
+            "median-startup2": lambda: optuna.pruners.MedianPruner(n_startup_trials=2),
             "median-warm10": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=EPOCHS // 10),
             "median-warm25": lambda: optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=EPOCHS // 4),
             # Optuna's percentile is the share kept: 25 keeps the top quarter (harsher than the median), 75 three quarters
@@ -341,6 +342,7 @@ CONTENDERS = {
     "ours: budget, 5 startup trials + median": ("budget-startup5", "median", False),
     "ours: budget, 20 startup trials + median": ("budget-startup20", "median", False),
     "ours: budget across rungs + asha": ("budget-across", "asha", False),
+    "ours: budget + median, 2 startup trials": ("budget", "median-startup2", False),
     "ours: budget + median, warm-up 10%": ("budget", "median-warm10", False),
     "ours: budget + median, warm-up 25%": ("budget", "median-warm25", False),
     "ours: budget + percentile 25": ("budget", "percentile25", False),

@@ -22,7 +22,8 @@ Every contender trains sweep.train's MLP, two trials at a time on this machine, 
 - sweep, budget + median: the sweeper as it comes (its default sampler and pruner; cifar10 only)
 - sweep, budget across + median and sweep, budget last + median: the same with `hydra.sweeper.sampler.rungs=across`
   or `last`; sweep, budget + asha: with `hydra/sweeper/pruner=asha` (rungs as Ray Tune's ASHA below, with
-  promotion) (--space default, when --only names them)
+  promotion); sweep, budget + early median: the median pruner judging once 2 trials finished instead of 5
+  (--space default, when --only names them)
 - hydra-optuna-sweeper: upstream's sweeper with Hydra's joblib launcher (two at a time), no pruning (it has none),
   max_failure_rate=1 (by default it ends the sweep at the first diverged trial)
 - Ray Tune: OptunaSearch with ASHA (grace period 1, reduction factor 4), reuse_actors=True (bench/race_tune.py)
@@ -224,6 +225,8 @@ def main() -> None:
         "sweep, budget last + median (pool)": lambda w, s: ours(race, w, s, ["hydra.sweeper.sampler.rungs=last"],
                                                                  sampler=None),
         "sweep, budget + asha (pool)": lambda w, s: ours(race, w, s, ["hydra/sweeper/pruner=asha"], sampler=None),
+        "sweep, budget + early median (pool)": lambda w, s: ours(
+            race, w, s, ["hydra.sweeper.pruner.n_startup_trials=2"], sampler=None),
         UPSTREAM: lambda w, s: upstream(race, w, s),
         RAY: lambda w, s: tune(race, w, s),
     }
@@ -233,7 +236,7 @@ def main() -> None:
     else:
         del contenders["sweep, budget + median (pool)"]
     if not (cifar and args.space == "default" and args.only):  # variants of the default sampler: raced when named
-        for variant in ("budget across + median", "budget last + median", "budget + asha"):
+        for variant in ("budget across + median", "budget last + median", "budget + asha", "budget + early median"):
             del contenders[f"sweep, {variant} (pool)"]
     if args.only:
         contenders = {k: v for k, v in contenders.items() if any(o in k for o in args.only)}

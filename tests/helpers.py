@@ -14,6 +14,23 @@ import optuna
 MARK = "SWEEP_TEST_PROCESS"  # set by conftest.py: every process a test starts carries it
 APP = Path(__file__).resolve().parent / "plugin" / "app" / "curve.py"  # a Hydra app without torch
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# hydra-optuna-sweeper's grid-sampler scenario for examples/sphere.py, with either sweeper
+GRID = """defaults:
+  - override hydra/sweeper: {sweeper}
+  - override hydra/sweeper/sampler: grid
+hydra:
+  sweeper:
+    direction: minimize
+    study_name: sphere
+    n_trials: 20
+    params:
+      x: choice(-1, 1)
+      y: range(-1.0, 1.0, step=1)
+      z: choice("foo", "bar")
+x: 1
+y: 1
+z: foo
+"""
 
 
 def memory_handle(directions=("maximize",), retries: int = 0):

@@ -118,12 +118,21 @@ def _run(payload: Payload, idx: int, overrides: list[str], console: str) -> JobR
                 ret = run()
                 error = job_error(ret)
                 if error is not None:  # the sweep shows one line; the whole story stays with the run
-                    import traceback
-
-                    out.write("".join(traceback.format_exception(error)))
+                    out.write(_story(error))
     except Exception as e:  # the job's config would not compose, or its folder cannot be made: the trial fails
         ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED, _return_value=e)
     return ret
+
+
+def _story(error: BaseException) -> str:
+    """What a failed job leaves in its console.log: the traceback, or one line for a trial the pruner stopped or
+    paused (a decision, not a fault)."""
+    import traceback
+
+    import optuna
+
+    whole = not isinstance(error, optuna.TrialPruned)
+    return "".join(traceback.format_exception(error) if whole else traceback.format_exception_only(error))
 
 
 def job_config_of(payload: Payload, overrides: list[str]) -> Any:

@@ -10,7 +10,7 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
-from helpers import EXAMPLES, run_app
+from helpers import EXAMPLES, GRID, run_app
 
 upstream = pytest.importorskip("hydra_plugins.hydra_optuna_sweeper._impl")  # the test extra installs it
 
@@ -18,22 +18,6 @@ SWEEPERS = ["optuna", "sweep"]  # upstream's hydra/sweeper=optuna, and ours
 # Upstream's scenarios, both sweepers: slow, because tests/plugin/test_examples.py runs each of them on ours in the
 # default run. The side-by-side results below (the same seeded sampler) stay in it.
 SCENARIO = pytest.mark.slow
-GRID = """defaults:
-  - override hydra/sweeper: {sweeper}
-  - override hydra/sweeper/sampler: grid
-hydra:
-  sweeper:
-    direction: minimize
-    study_name: sphere
-    n_trials: 20
-    params:
-      x: choice(-1, 1)
-      y: range(-1.0, 1.0, step=1)
-      z: choice("foo", "bar")
-x: 1
-y: 1
-z: foo
-"""
 
 
 def run(sweeper: str, script: str, *args: str, cwd: Path):

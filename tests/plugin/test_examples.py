@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 import sweep
-from helpers import EXAMPLES, report_page, run_app
+from helpers import EXAMPLES, GRID, report_page, run_app
 from sweep.sweeper.space import SearchSpace
 
 
@@ -84,22 +84,7 @@ def test_sphere_example(tmp_path, with_commandline):
 def test_grid_sampler(tmp_path, n_trials):
     conf = tmp_path / "conf"
     conf.mkdir()
-    (conf / "grid.yaml").write_text("""defaults:
-  - override hydra/sweeper: sweep
-  - override hydra/sweeper/sampler: grid
-hydra:
-  sweeper:
-    direction: minimize
-    study_name: sphere
-    n_trials: 20
-    params:
-      x: choice(-1, 1)
-      y: range(-1.0, 1.0, step=1)
-      z: choice("foo", "bar")
-x: 1
-y: 1
-z: foo
-""")
+    (conf / "grid.yaml").write_text(GRID.format(sweeper="sweep"))
     result = run_example("sphere.py", "--multirun", f"--config-dir={conf}", "--config-name=grid",
                          f"hydra.sweep.dir={tmp_path / 'out'}", f"hydra.sweeper.n_trials={n_trials}",
                          "hydra.sweeper.n_jobs=1", f"hydra.sweeper.storage=sqlite:///{tmp_path / 'grid.db'}",

@@ -56,6 +56,8 @@ def test_workers_prune_through_the_study_and_the_sweep_counts_what_it_saved(tmp_
                           for t in pruned)
     saved = sum(6 - len(t.intermediate_values) for t in pruned)
     assert f"pruning saved {saved} of 48 steps" in result.stdout + result.stderr
+    logs = [(Path(t.user_attrs["run_dir"]) / "console.log").read_text() for t in pruned]
+    assert all("TrialPruned" in log and "Traceback" not in log for log in logs), logs  # a decision, not a fault
 
 
 def test_a_time_budget_stops_running_trials_and_starts_no_more(tmp_path):
@@ -271,6 +273,16 @@ def test_a_sweep_stops_early_when_its_stop_rule_says_so_and_says_why(tmp_path):
     assert plateau.returncode == 0, plateau.stderr
     assert len(trials(_db(tmp_path), STUDY)) == 1 + 3
     assert "stopped early: hydra.sweeper.stop.trials: 2 trials without a better value" in plateau.stdout + plateau.stderr
+
+
+def test_an_enqueued_configuration_runs_once_even_when_listed_twice_or_swept_again(tmp_path):
+    enqueue = "hydra.sweeper.enqueue=[{lr:0.01,width:8},{lr:0.01,width:8},{lr:0.2,width:32}]"
+    for n in (2, 1):  # the second sweep's one trial is the sampler's, not the first enqueued one again
+        result = run_app("--multirun", f"hydra.sweeper.n_trials={n}", enqueue, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+    found = [t.params for t in trials(_db(tmp_path), STUDY)]
+    assert found[:2] == [{"lr": 0.01, "width": 8}, {"lr": 0.2, "width": 32}] and len(found) == 3
+    assert found[2]["lr"] not in (0.01, 0.2)
 
 
 def test_an_unknown_stop_rule_is_one_line(tmp_path):
