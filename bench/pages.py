@@ -2,7 +2,8 @@
 
 A bench script calls `save(name, ...)` once it has measured: docs/results/NAME.json keeps its rows with the
 machine, the date, the command and how the spread is given. `python bench/pages.py` writes each table into the
-page that shows it (the README or a page of docs/), between `<!-- results: NAME -->` and `<!-- /results -->`.
+page that shows it (the README or a page of docs/), between `<!-- results: NAME -->` and `<!-- /results -->`; the
+README's `summary` block is built from several of them (summary()).
 tests/plugin/test_docs.py fails when a page and its saved results disagree.
 """
 
