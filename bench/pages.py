@@ -89,6 +89,10 @@ def summary() -> str:
         to = {peer: col[f"{'s' if race else 'time'} to {peer}'s final best"] for peer in ("upstream", "Ray")}
         keys = [i for c, i in col.items() if c in ("condition", "curves", "workers")]
         machine = result["machine"].split(", torch")[0].replace("(R)", "").replace(" Processor", "")
+        if race:
+            minutes = int(re.search(r"--budget (\d+)", result["command"])[1]) // 60
+        else:
+            seeds = re.search(r"over (\d+) seeds", result["spread"])[1]
         groups: dict[tuple, dict] = {}
         for row in result["rows"]:
             who = next((k for k, names in CONTENDERS.items() if row[col["contender"]] in names), None)
@@ -97,12 +101,8 @@ def summary() -> str:
         for rows in groups.values():
             tally.append(rows | {"to": to, "best": best})
             mine = rows["default"]
-            if race:
-                budget = re.search(r"--budget (\d+)", result["command"])
-                where = f"{what}, {int(budget[1]) // 60} min a contender, {mine[col['rounds']]} rounds"
-            else:
-                seeds = re.search(r"over (\d+) seeds", result["spread"])
-                where = f"{what} `{mine[col['curves']]}`, {mine[col['workers']]} workers, {seeds[1]} seeds"
+            where = (f"{what}, {minutes} min a contender, {mine[col['rounds']]} rounds" if race else
+                     f"{what} `{mine[col['curves']]}`, {mine[col['workers']]} workers, {seeds} seeds")
             cells = [rows[who][best] if who in rows else "-" for who in CONTENDERS]
             cells += [" / ".join(rows[who][to[peer]] if who in rows else "-"
                                  for who in ("default", "asha", peer.lower())) for peer in ("upstream", "Ray")]
