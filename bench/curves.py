@@ -252,13 +252,14 @@ class OptunaPolicy:
 
     def start(self):
         if self.paused:  # asha: the sweep's scheduler promotes before it asks (sweep/sweeper/scheduler.py)
-            from sweep.attrs import PROMOTED
+            from sweep.attrs import PAUSED, PROMOTED
 
             number = self.study.pruner.promotable(self.study.get_trials(deepcopy=False),
                                                   {n: s for n, (_, s) in self.paused.items()}, self.study.direction)
             if number is not None:
                 trial, step = self.paused.pop(number)
                 self.study._storage.set_trial_system_attr(trial._trial_id, PROMOTED, step)
+                self.study._storage.set_trial_system_attr(trial._trial_id, PAUSED, None)
                 return trial, trial.params, step + 1
         trial = self.study.ask(self.space)
         self.best[trial.number] = -math.inf
@@ -273,7 +274,10 @@ class OptunaPolicy:
             return False
         trial.report(value, epoch)
         if trial.should_prune():
-            if type(self.study.pruner).__name__ == "PromotingHalving":
+            if type(self.study.pruner).__name__ == "PromotingHalving":  # as a task does when it pauses
+                from sweep.attrs import PAUSED
+
+                self.study._storage.set_trial_system_attr(trial._trial_id, PAUSED, epoch)
                 self.paused[trial.number] = (trial, epoch)
                 return False
             if self.tell_last:

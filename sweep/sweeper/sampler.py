@@ -27,6 +27,8 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
+from sweep.sweeper.asha import paused_step
+
 
 class BudgetSampler(BaseSampler):
     """`sampler` (default: TPE with `constant_liar`) fitted at the largest step at least `min_trials` trials reported.
@@ -65,7 +67,9 @@ class BudgetSampler(BaseSampler):
         if trial.number in self._views:
             return self._views[trial.number]
         trials = study.get_trials(deepcopy=False)
-        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+        # a trial asha paused holds no worker and has its rung's value: it counts as a finished one, not a running one
+        paused = {t.number for t in trials if paused_step(t) is not None}
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.number in paused]
         step = self.budget(finished)
         if step is None or len(study.directions) > 1:
             self._views = {trial.number: (study, trial)}
@@ -81,7 +85,7 @@ class BudgetSampler(BaseSampler):
         for t, value in scored:
             view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
         for t in trials:  # the running ones, for constant_liar
-            if t.state == TrialState.RUNNING and t.number != trial.number and t.params:
+            if t.state == TrialState.RUNNING and t.number not in paused and t.number != trial.number and t.params:
                 view.add_trial(optuna.trial.create_trial(
                     params=t.params, distributions=t.distributions, state=TrialState.RUNNING))
         view.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # stands for the trial being sampled
