@@ -243,6 +243,8 @@ class OptunaPolicy:
             "hyperband": lambda: optuna.pruners.HyperbandPruner(min_resource=1, max_resource=EPOCHS,
                                                                 reduction_factor=3),
             "asha": lambda: PromotingHalving(min_resource=1, reduction_factor=4),
+            "asha-first2": lambda: PromotingHalving(min_resource=2, reduction_factor=4),  # rungs at 2, 8, 32
+            "asha-first3": lambda: PromotingHalving(min_resource=3, reduction_factor=4),  # rungs at 3, 12, 48
         }
         self.study = optuna.create_study(direction="maximize", sampler=samplers[sampler](), pruner=pruners[pruner]())
         self.tell_last = tell_last
@@ -346,6 +348,8 @@ CONTENDERS = {
     "ours: budget, 5 startup trials + median": ("budget-startup5", "median", False),
     "ours: budget, 20 startup trials + median": ("budget-startup20", "median", False),
     "ours: budget across rungs + asha": ("budget-across", "asha", False),
+    "ours: budget + asha, first rung 2": ("budget", "asha-first2", False),
+    "ours: budget + asha, first rung 3": ("budget", "asha-first3", False),
     "ours: budget + median, 2 startup trials": ("budget", "median-startup2", False),
     "ours: budget + median, warm-up 10%": ("budget", "median-warm10", False),
     "ours: budget + median, warm-up 25%": ("budget", "median-warm25", False),

@@ -27,8 +27,6 @@ import optuna
 from optuna.samplers import BaseSampler, TPESampler
 from optuna.trial import FrozenTrial, TrialState
 
-from sweep.sweeper.asha import paused_step
-
 
 class BudgetSampler(BaseSampler):
     """`sampler` (default: TPE with `constant_liar`) fitted at the largest step at least `min_trials` trials reported.
@@ -67,9 +65,7 @@ class BudgetSampler(BaseSampler):
         if trial.number in self._views:
             return self._views[trial.number]
         trials = study.get_trials(deepcopy=False)
-        # a trial asha paused holds no worker and has its rung's value: it counts as a finished one, not a running one
-        paused = {t.number for t in trials if paused_step(t) is not None}
-        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED) or t.number in paused]
+        finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
         step = self.budget(finished)
         if step is None or len(study.directions) > 1:
             self._views = {trial.number: (study, trial)}
@@ -84,8 +80,10 @@ class BudgetSampler(BaseSampler):
             scored = _at_budget(finished, step, maximize)
         for t, value in scored:
             view.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, value=value))
-        for t in trials:  # the running ones, for constant_liar
-            if t.state == TrialState.RUNNING and t.number not in paused and t.number != trial.number and t.params:
+        # The running ones, for constant_liar; a trial asha paused is one too (it may go on): counted instead with its
+        # value at its rung, it ended no higher on the synthetic curves (docs/benchmarks.md, "Tried ... not taken").
+        for t in trials:
+            if t.state == TrialState.RUNNING and t.number != trial.number and t.params:
                 view.add_trial(optuna.trial.create_trial(
                     params=t.params, distributions=t.distributions, state=TrialState.RUNNING))
         view.add_trial(optuna.trial.create_trial(state=TrialState.RUNNING))  # stands for the trial being sampled

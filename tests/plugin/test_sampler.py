@@ -53,22 +53,16 @@ def test_pruned_trials_count_at_the_largest_epoch_enough_trials_reached():
         (TrialState.COMPLETE, 0.4, 0.15), (TrialState.RUNNING, 0.6, None)]  # the running one, for constant_liar
 
 
-def test_a_trial_asha_paused_counts_with_its_rung_value_and_is_not_a_running_one():
+def test_a_trial_asha_paused_is_left_to_constant_liar_as_a_running_one():
     seen = Seen()
-    study = optuna.create_study(direction="maximize", sampler=BudgetSampler(seen, min_trials=3))
+    study = optuna.create_study(direction="maximize", sampler=BudgetSampler(seen, min_trials=2))
     study.add_trial(_trial(0.1, [0.2, 0.3, 0.4, 0.5]))
-    paused = [create_trial(params={"x": x}, distributions=SPACE, state=TrialState.RUNNING, intermediate_values=curve,
-                           system_attrs={PAUSED: max(curve)}) for x, curve in ((0.2, {1: 0.6}), (0.3, {1: 0.1, 2: 0.7}))]
-    for trial in paused:
-        study.add_trial(trial)
-    promoted = create_trial(params={"x": 0.4}, distributions=SPACE, state=TrialState.RUNNING,  # resumed: running
-                            intermediate_values={1: 0.9}, system_attrs={PAUSED: None})
-    study.add_trial(promoted)
+    study.add_trial(_trial(0.2, [0.25, 0.35], TrialState.PRUNED))
+    study.add_trial(create_trial(params={"x": 0.3}, distributions=SPACE, state=TrialState.RUNNING,
+                                 intermediate_values={1: 0.9}, system_attrs={PAUSED: 1}))
     study.ask(SPACE)
-    # Three trials reached epoch 1 (the resumed one is running): the model is fitted there, paused ones included.
     assert sorted(seen.seen, key=lambda s: s[1]) == [
-        (TrialState.COMPLETE, 0.1, 0.2), (TrialState.COMPLETE, 0.2, 0.6), (TrialState.COMPLETE, 0.3, 0.1),
-        (TrialState.RUNNING, 0.4, None)]
+        (TrialState.COMPLETE, 0.1, 0.3), (TrialState.COMPLETE, 0.2, 0.35), (TrialState.RUNNING, 0.3, None)]
 
 
 def test_the_budget_rises_as_trials_get_further_and_minimizing_keeps_the_lowest_value():
