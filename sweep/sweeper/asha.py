@@ -53,7 +53,9 @@ class PromotingHalving(optuna.pruners.BasePruner):
         return not self.in_top(trial.intermediate_values[step], others, study.direction)
 
     def in_top(self, value: float, others: list[float], direction: StudyDirection) -> bool:
-        """Optuna's halving rule: within the top len(all) // reduction_factor (the best one while fewer report)."""
+        """Optuna's halving rule: within the top len(all) // reduction_factor (the best one while fewer report).
+        Li et al. let none go on while fewer report; measured on the synthetic curves (bench/curves.py, 10 seeds),
+        that pausing of the first trials lost on crossing curves (`late`: 0.40 and 0.47 against 0.52 and 0.56)."""
         if math.isnan(value):
             return False
         everyone = sorted([value, *(v for v in others if not math.isnan(v))],
